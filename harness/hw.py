@@ -1,0 +1,105 @@
+"""Hardware constants of the q35/ICH9 machine, QEMU's CPU hot-plug block and OVMF.
+
+Each constant lives here once, named, with the document or source it comes from, so
+that the QEMU backend (decoding snapshots) and the model (emulating the machine) read
+the same numbers. Facts and sources are collected in ``shared/design/smm-hotplug-facts.md``.
+"""
+
+# --- x86 SMM architecture (Intel SDM Vol. 3C ch. 32) --------------------------------
+DEFAULT_SMBASE = 0x30000          # SMBASE after reset
+SMI_ENTRY_OFFSET = 0x8000         # SMI handler entry = SMBASE + 0x8000
+SAVE_STATE_OFFSET = 0xFC00        # save-state map starts at SMBASE + 0xFC00
+SAVE_STATE_END = 0x10000          # ... and ends at SMBASE + 0x10000
+SMRAM_TILE_SPAN = SAVE_STATE_END - SMI_ENTRY_OFFSET  # bytes of SMRAM a CPU's SMBASE uses
+# QEMU target/i386/cpu.h: HF_SMM_SHIFT = 19 (env->hflags bit "CPU is in SMM")
+HFLAGS_SMM_BIT = 1 << 19
+# QEMU include/exec/cpu-all.h + target/i386/cpu.h: bits of cpu->interrupt_request
+# (saved in the migration stream's cpu_common section)
+CPU_INTERRUPT_HARD = 0x0002
+CPU_INTERRUPT_SMI = 0x0040        # CPU_INTERRUPT_TGT_EXT_2
+CPU_INTERRUPT_INIT = 0x0400       # = CPU_INTERRUPT_RESET
+CPU_INTERRUPT_SIPI = 0x0800       # CPU_INTERRUPT_TGT_INT_1
+
+# --- ICH9 LPC / APM (qemu hw/isa/lpc_ich9.c, include/hw/southbridge/ich9.h) -------
+APM_CNT_PORT = 0xB2               # write raises SMI when SMI_EN.APMC_EN
+APM_STS_PORT = 0xB3               # scratch byte
+APM_CNT_ACPI_ENABLE = 0x02        # FADT SMI_CMD values: no SMI is raised for these
+APM_CNT_ACPI_DISABLE = 0x03
+APM_CNT_CPU_HOTPLUG = 0x04        # OVMF_CPUHP_SMI_CMD / ICH9_APM_CNT_CPU_HOTPLUG
+ICH9_PMBASE_VALUE = 0x600         # OvmfPkg/Include/OvmfPlatforms.h
+SMI_EN_OFFSET = 0x30              # SMI_EN = PMBASE + 0x30
+SMI_EN_GBL_SMI = 1 << 0
+SMI_EN_APMC = 1 << 5
+SMI_EN_TCO = 1 << 13
+ICH9_LPC_GEN_PMCON_1 = 0xA0
+GEN_PMCON_1_SMI_LOCK = 1 << 4
+
+# SMI feature negotiation bits (include/hw/southbridge/ich9.h)
+SMI_F_BROADCAST = 1 << 0
+SMI_F_CPU_HOTPLUG = 1 << 1
+SMI_F_CPU_HOT_UNPLUG = 1 << 2
+SMI_FEATURE_NAMES = {
+    "broadcast": SMI_F_BROADCAST,
+    "cpu_hotplug": SMI_F_CPU_HOTPLUG,
+    "cpu_hotunplug": SMI_F_CPU_HOT_UNPLUG,
+}
+# ICH9-LPC properties that switch host features (hw/isa/lpc_ich9.c)
+SMI_FEATURE_PROPERTIES = {
+    "broadcast": "x-smi-broadcast",
+    "cpu_hotplug": "x-smi-cpu-hotplug",
+    "cpu_hotunplug": "x-smi-cpu-hotunplug",
+}
+
+# --- Q35 MCH host bridge config space (include/hw/pci-host/q35.h) ------------------
+MCH_EXT_TSEG_MBYTES = 0x50        # 16-bit; 0xFFFF = query
+MCH_EXT_TSEG_QUERY = 0xFFFF
+MCH_F_SMBASE = 0x9C               # SMRAM at default SMBASE
+MCH_F_SMBASE_QUERY = 0xFF
+MCH_F_SMBASE_IN_RAM = 0x01
+MCH_F_SMBASE_LCK = 0x02
+MCH_SMRAM = 0x9D
+SMRAM_D_OPEN = 1 << 6
+SMRAM_D_CLS = 1 << 5
+SMRAM_D_LCK = 1 << 4
+SMRAM_G_SMRAME = 1 << 3
+SMRAM_C_BASE_SEG = 0x02
+MCH_ESMRAMC = 0x9E
+ESMRAMC_H_SMRAME = 1 << 7
+ESMRAMC_TSEG_SZ_MASK = 0x3 << 1
+ESMRAMC_TSEG_1M = 0x0 << 1
+ESMRAMC_TSEG_2M = 0x1 << 1
+ESMRAMC_TSEG_8M = 0x2 << 1
+ESMRAMC_TSEG_EXT = 0x3 << 1
+ESMRAMC_T_EN = 1 << 0
+ESMRAMC_RESET = 0x38              # SM_CACHE | SM_L1 | SM_L2
+MCH_TOLUD = 0xB0                  # 16-bit, bits 15:4 = address bits 31:20
+MCH_TSEGMB = 0xAC
+
+# --- QEMU modern CPU hot-plug register block (docs/specs/acpi_cpu_hotplug.rst) -----
+CPUHP_BASE = 0x0CD8               # ICH9_CPU_HOTPLUG_BASE
+CPUHP_LEN = 12
+CPUHP_SEL = 0x0                   # W: selector; R: command data 2
+CPUHP_STAT = 0x4                  # R: status; W: control
+CPUHP_CMD = 0x5                   # W: command
+CPUHP_DATA = 0x8                  # R/W: command data
+CPUHP_STAT_ENABLED = 1 << 0
+CPUHP_STAT_INSERT = 1 << 1
+CPUHP_STAT_REMOVE = 1 << 2
+CPUHP_STAT_EJECT = 1 << 3
+CPUHP_STAT_FW_REMOVE = 1 << 4
+CPUHP_CMD_GET_NEXT = 0
+CPUHP_CMD_OST_EVENT = 1
+CPUHP_CMD_OST_STATUS = 2
+CPUHP_CMD_GET_ARCH_ID = 3
+
+# --- OVMF (OvmfPkg/CpuHotplugSmm) ---------------------------------------------------
+FIRST_SMI_CONTEXT = DEFAULT_SMBASE            # FIRST_SMI_HANDLER_CONTEXT at 0x30000
+FIRST_SMI_HANDLER = DEFAULT_SMBASE + SMI_ENTRY_OFFSET  # copied to 0x38000
+APIC_ID_GATE_CLOSED = 0xFFFF_FFFF_FFFF_FFFF   # MAX_UINT64
+INVALID_APIC_ID = 0xFFFF_FFFF_FFFF_FFFF
+
+# --- Intel microcode MSRs (Intel SDM Vol. 4) ----------------------------------------
+MSR_IA32_PLATFORM_ID = 0x17
+MSR_IA32_BIOS_UPDT_TRIG = 0x79
+MSR_IA32_BIOS_SIGN_ID = 0x8B
+MSR_AMD64_PATCH_LOADER = 0xC0010020

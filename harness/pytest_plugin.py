@@ -1,0 +1,1 @@
+"""pytest plugin: collects scenarios/*.yaml (filled in below)."""
