@@ -1,0 +1,201 @@
+"""One QEMU q35 virtual machine: command line, process, QMP, serial console, teardown.
+
+Modelled on QEMU's ``python/qemu/machine``: the harness owns the process, talks QMP over
+a UNIX socket, reads the serial console over another, and on any failure or interrupt
+the process is gone while its stderr, console log, QMP log and firmware debug log stay
+in the run directory.
+"""
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pexpect.fdpexpect
+
+from .. import hw
+from ..errors import ConfigError, QemuError
+from ..machine import MachineConfig
+from . import process
+from .qmp import QmpSession
+
+KERNEL_CMDLINE = "console=ttyS0 panic=0 quiet loglevel=3 nokaslr"
+
+
+def _prop_value(v):
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
+def cpu_arg(model, props):
+    return ",".join([model] + [f"{k}={_prop_value(v)}" for k, v in props.items()])
+
+
+class QemuVM:
+    def __init__(self, *, binary, machine: MachineConfig, firmware, profile, run_dir,
+                 accel, kernel=None, initrd=None, cmdline=KERNEL_CMDLINE):
+        self.binary = binary
+        self.machine = machine
+        self.firmware = firmware          # firmware.FirmwareImages
+        self.profile = profile            # firmware.FirmwareProfile
+        self.run_dir = Path(run_dir)
+        self.accel = accel
+        self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
+        self.proc = None
+        self.qmp = None
+        self.console = None
+        self._console_sock = None
+        self._console_log = None
+        self.exitcode = None
+
+    # --- command line --------------------------------------------------------------
+    def paths(self):
+        d = self.run_dir
+        return {"qmp": d / "qmp.sock", "console": d / "console.sock",
+                "vars": d / "OVMF_VARS.fd", "stderr": d / "qemu-stderr.log",
+                "stdout": d / "qemu-stdout.log", "console_log": d / "console.log",
+                "qmp_log": d / "qmp.log", "debugcon": d / "firmware-debug.log"}
+
+    def command_line(self):
+        m, p = self.machine, self.paths()
+        args = [self.binary, "-machine", "q35,smm=on", "-accel", self.accel]
+        if self.firmware.secure_pflash:
+            args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        args += [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.firmware.code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={p['vars']}",
+            "-cpu", cpu_arg(m.cpu_model, m.cpu_props),
+            # explicit topology: one CPU per socket, so slot = socket-id = APIC id
+            "-smp", f"{m.cpus},maxcpus={m.maxcpus},sockets={m.maxcpus},cores=1,threads=1",
+            "-m", f"{m.memory_mib}M",
+            "-global", f"mch.extended-tseg-mbytes={m.tseg_mbytes}",
+        ]
+        for name, prop in hw.SMI_FEATURE_PROPERTIES.items():
+            if name in m.smi_features:
+                args += ["-global", f"ICH9-LPC.{prop}={_prop_value(m.smi_features[name])}"]
+        args += [
+            "-nodefaults", "-no-user-config", "-vga", "none", "-display", "none",
+            "-net", "none", "-S",
+            "-chardev", f"socket,id=serial0,path={p['console']},server=on,wait=off",
+            "-serial", "chardev:serial0",
+            "-qmp", f"unix:{p['qmp']},server=on,wait=off",
+            "-debugcon", f"file:{p['debugcon']}", "-global", "isa-debugcon.iobase=0x402",
+        ]
+        if self.kernel:
+            args += ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
+                     "-append", self.cmdline]
+        return args + list(m.extra_args)
+
+    # --- lifecycle -----------------------------------------------------------------
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def launch(self, timeout=20.0):
+        """Start QEMU paused (-S), connect QMP and the console. Raises QemuError with
+        QEMU's own stderr when it refuses to start."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        p = self.paths()
+        for k in ("qmp", "console"):
+            p[k].unlink(missing_ok=True)
+        shutil.copyfile(self.firmware.vars_template, p["vars"])
+        (self.run_dir / "qemu-cmdline.txt").write_text(
+            " ".join(self.command_line()) + "\n")
+        deadline = time.monotonic() + timeout
+        with open(p["stdout"], "wb") as out, open(p["stderr"], "wb") as err:
+            self.proc = process.spawn(self.command_line(), out, err)
+        try:
+            self.qmp = QmpSession(p["qmp"], p["qmp_log"])
+            self.qmp.connect(deadline, self.alive)
+            self._connect_console(deadline)
+        except QemuError:
+            self.shutdown()
+            raise QemuError(self.failure_text() or "QEMU did not start") from None
+        return self
+
+    def failure_text(self):
+        """QEMU's last stderr line, which is what it says when it refuses to start."""
+        try:
+            lines = [line for line in self.paths()["stderr"].read_text(errors="replace")
+                     .splitlines() if line.strip()]
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    def _connect_console(self, deadline):
+        path = str(self.paths()["console"])
+        while time.monotonic() < deadline:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                self._console_sock = s
+                self._console_log = open(self.paths()["console_log"], "ab")
+                self.console = pexpect.fdpexpect.fdspawn(s.fileno(), timeout=10,
+                                                         encoding=None)
+                self.console.logfile_read = self._console_log
+                return
+            except OSError:
+                s.close()
+                if not self.alive():
+                    raise QemuError("QEMU exited before the console socket opened")
+                time.sleep(0.05)
+        raise QemuError("console socket did not open in time")
+
+    def shutdown(self, timeout=5.0):
+        """Quit QEMU (QMP quit, then signals), close everything. Safe to call twice."""
+        if self.proc is not None and self.alive() and self.qmp is not None:
+            try:
+                self.qmp.cmd("quit", timeout=2)
+            except Exception:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except Exception:
+                pass
+        if self.proc is not None:
+            self.exitcode = process.kill(self.proc)
+        if self.qmp is not None:
+            self.qmp.close()
+        if self.console is not None:
+            try:
+                # pull whatever the console still had buffered into the log
+                self.console.read_nonblocking(1 << 20, timeout=0)
+            except Exception:
+                pass
+        if self._console_sock is not None:
+            self._console_sock.close()
+            self._console_sock = None
+        if self._console_log is not None and not self._console_log.closed:
+            self._console_log.close()
+        for k in ("qmp", "console"):
+            self.paths()[k].unlink(missing_ok=True)
+
+    def console_tail(self, lines=30):
+        try:
+            text = self.paths()["console_log"].read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --- helpers used by the backend -----------------------------------------------
+    def hotpluggable_cpus(self):
+        """query-hotpluggable-cpus sorted by topology: index in the list = slot."""
+        cpus = self.qmp.cmd("query-hotpluggable-cpus")
+        def key(c):
+            pr = c["props"]
+            return tuple(pr.get(k, 0) for k in ("socket-id", "die-id", "core-id", "thread-id"))
+        return sorted(cpus, key=key)
+
+    def slot_props(self, slot):
+        slots = self.hotpluggable_cpus()
+        if not 0 <= slot < len(slots):
+            raise ConfigError(f"CPU slot {slot} out of range: this machine has "
+                              f"{len(slots)} possible CPUs (0..{len(slots) - 1})")
+        return slots[slot]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
