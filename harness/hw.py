@@ -10,7 +10,10 @@ DEFAULT_SMBASE = 0x30000          # SMBASE after reset
 SMI_ENTRY_OFFSET = 0x8000         # SMI handler entry = SMBASE + 0x8000
 SAVE_STATE_OFFSET = 0xFC00        # save-state map starts at SMBASE + 0xFC00
 SAVE_STATE_END = 0x10000          # ... and ends at SMBASE + 0x10000
-SMRAM_TILE_SPAN = SAVE_STATE_END - SMI_ENTRY_OFFSET  # bytes of SMRAM a CPU's SMBASE uses
+# The SMI entry stub occupies (at most) one page at SMBASE + 0x8000 (edk2 PiSmmCpuDxeSmm
+# rounds TileCode up to 4 KiB). Firmware interleaves CPUs: OVMF's tiles are 0x2000 apart,
+# so CPU i's save-state map lies inside CPU (i+3)'s 32 KiB span, between the entry pages.
+SMI_ENTRY_SPAN = 0x1000
 # QEMU target/i386/cpu.h: HF_SMM_SHIFT = 19 (env->hflags bit "CPU is in SMM")
 HFLAGS_SMM_BIT = 1 << 19
 # QEMU include/exec/cpu-all.h + target/i386/cpu.h: bits of cpu->interrupt_request
@@ -103,3 +106,21 @@ MSR_IA32_PLATFORM_ID = 0x17
 MSR_IA32_BIOS_UPDT_TRIG = 0x79
 MSR_IA32_BIOS_SIGN_ID = 0x8B
 MSR_AMD64_PATCH_LOADER = 0xC0010020
+
+# --- SMM save state as QEMU writes it (target/i386/tcg/system/smm_helper.c; facts §4.1)
+SMM_REVISION_ID_X86_64 = 0x00020064   # save-state revision word at SMBASE + 0xFEFC
+SMM_REVISION_SMBASE_RELOC = 1 << 17   # revision bit: RSM reloads SMBASE from the save state
+SAVE_STATE_SMBASE_FIELD = 0xFF00      # SMBASE field, offset from SMBASE (x86_64 layout)
+
+# --- QEMU CPU model defaults (qemu target/i386/cpu.c; microcode-facts.md §3.3) -------
+QEMU_UCODE_REV_AMD_DEFAULT = 0x01000065      # ucode-rev default for AMD-vendor models
+QEMU_UCODE_REV_INTEL_DEFAULT = 0x1_0000_0000  # ucode-rev default for Intel models
+QEMU64_FAMILY = 15                # qemu64: AMD vendor, family 15 model 107 stepping 1
+QEMU64_MODEL = 107
+QEMU64_STEPPING = 1
+
+# --- OVMF (more) ---------------------------------------------------------------------
+OVMF_Q35_TSEG_MBYTES_DEFAULT = 8  # PcdQ35TsegMbytes: used when the ext-TSEG query fails
+OVMF_POST_SMM_PEN = 0x9F000       # CpuHotplugSmm pen page (observed CS=9f00 in the hang)
+OVMF_PEN_FLAG_OFFSET = 0xFFF      # last byte of the pen page: "SMM vacated" flag
+CPUHP_LEGACY_LEN = 32             # legacy (pre-modern) CPU present bitmap block length

@@ -1,1 +1,132 @@
-"""pytest plugin: collects scenarios/*.yaml (filled in below)."""
+"""pytest plugin: every ``scenarios/**/*.yaml`` becomes tests, one per scenario and backend.
+
+Registered through the ``pytest11`` entry point. A scenario file is collected only when it
+lies under a directory named ``scenarios`` (so corpora of bad files elsewhere are not).
+A failure is reported as the step, the check, expected against observed and a per-CPU
+table, never as a Python stack; a malformed file is one ``file:line: key: problem`` line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from . import scenario as scnmod
+from .errors import HarnessError
+from .report import failure_report
+from .session import BACKEND_CHOICES, Options, resolve_accel, run_one
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("smm-hotplug-harness")
+    g.addoption("--backend", choices=BACKEND_CHOICES, default="qemu",
+                help="run scenarios on real QEMU, the model, or both and compare traces")
+    g.addoption("--accel", choices=("auto", "tcg", "kvm"), default="auto",
+                help="accelerator (auto: kvm when it can run SMM guests, else tcg)")
+    g.addoption("--qemu", default=None, help="QEMU binary (default: qemu-system-x86_64)")
+    g.addoption("--firmware", default=None, help="firmware profile for every scenario")
+    g.addoption("--ovmf-code", default=None, help="OVMF code image of your own SMM build")
+    g.addoption("--ovmf-vars", default=None, help="OVMF vars template for --ovmf-code")
+    g.addoption("--trace-dir", default=None,
+                help="where traces and logs go (default: runs/ under the rootdir)")
+
+
+def _options(config) -> Options:
+    o = config.option
+    trace_dir = Path(o.trace_dir) if o.trace_dir else Path(config.rootpath) / "runs"
+    return Options(backend=o.backend, accel=o.accel, qemu=o.qemu, firmware=o.firmware,
+                   ovmf_code=o.ovmf_code, ovmf_vars=o.ovmf_vars, trace_dir=trace_dir)
+
+
+def pytest_configure(config):
+    from .qemu.process import install_signal_handlers
+    install_signal_handlers()
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix in (".yaml", ".yml") and "scenarios" in file_path.parent.parts:
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFile(pytest.File):
+    def collect(self):
+        try:
+            scn = scnmod.load(self.path)
+        except HarnessError as e:
+            yield BadScenarioItem.from_parent(self, name=f"{self.path.stem}[load]", error=e)
+            return
+        backend = self.config.option.backend
+        backends = ["qemu", "model"] if backend == "both" else [backend]
+        for b in backends:
+            yield ScenarioItem.from_parent(self, name=f"{scn.name}[{b}]", scenario=scn,
+                                           backend=b)
+
+
+class ScenarioFailure(Exception):
+    def __init__(self, text):
+        super().__init__(text)
+        self.text = text
+
+
+class BadScenarioItem(pytest.Item):
+    def __init__(self, *, error, **kw):
+        super().__init__(**kw)
+        self.error = error
+
+    def runtest(self):
+        raise ScenarioFailure(str(self.error))
+
+    def repr_failure(self, excinfo):
+        return str(excinfo.value)
+
+    def reportinfo(self):
+        return self.path, 0, self.name
+
+
+class ScenarioItem(pytest.Item):
+    def __init__(self, *, scenario, backend, **kw):
+        super().__init__(**kw)
+        self.scenario, self.backend = scenario, backend
+        self.add_marker(pytest.mark.vm) if backend == "qemu" else None
+
+    def runtest(self):
+        opts = _options(self.config)
+        try:
+            accel = resolve_accel(opts, self.backend)
+        except HarnessError as e:
+            raise ScenarioFailure(str(e)) from None
+        if accel not in self.scenario.accels:
+            if accel == "tcg":
+                pytest.skip(f"{self.scenario.name} runs only under {'/'.join(self.scenario.accels)}:"
+                            f" KVM cannot run SMM guests on this host (or --accel tcg was given)")
+            pytest.skip(f"{self.scenario.name} runs only under {'/'.join(self.scenario.accels)}")
+        if self.backend not in self.scenario.backends:
+            pytest.skip(f"{self.scenario.name} is not meant for the {self.backend} backend")
+        try:
+            result = run_one(self.scenario, self.backend, opts, accel)
+        except HarnessError as e:
+            raise ScenarioFailure(f"{self.scenario.path}: {e}") from None
+        self.user_properties.append(("trace", str(result.trace_path)))
+        if not result.met:
+            raise ScenarioFailure(failure_report(result))
+        if opts.backend == "both" and self.backend == "qemu":
+            self._compare(opts, accel, result)
+
+    def _compare(self, opts, accel, qemu_result):
+        """--backend both: the model runs the same scenario (milliseconds) and its trace
+        must not diverge from QEMU's. Its own directory keeps xdist workers apart."""
+        from .compare import compare_traces, format_divergence
+        model_result = run_one(self.scenario, "model", opts, accel, suffix="-vs-qemu")
+        self.user_properties.append(("model_trace", str(model_result.trace_path)))
+        div = compare_traces(qemu_result.trace_path, model_result.trace_path)
+        if div is not None:
+            raise ScenarioFailure(format_divergence(div))
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, ScenarioFailure):
+            return excinfo.value.text
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, 0, f"scenario {self.name}"

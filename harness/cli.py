@@ -1,0 +1,176 @@
+"""``python -m harness``: run scenarios, show and diff traces, probe a VM, build images,
+and the microcode toolkit. A user's mistake prints one line and exits 2; no tracebacks."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import HarnessError
+from .session import BACKEND_CHOICES, Options
+
+
+def _add_run_options(p, backend=True):
+    if backend:
+        p.add_argument("--backend", choices=BACKEND_CHOICES, default="qemu")
+    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    p.add_argument("--qemu", help="QEMU binary (default: qemu-system-x86_64)")
+    p.add_argument("--firmware", help="firmware profile name (firmware/*.json)")
+    p.add_argument("--ovmf-code", help="OVMF code image of your own SMM build")
+    p.add_argument("--ovmf-vars", help="OVMF vars template for --ovmf-code")
+
+
+def _options(a) -> Options:
+    return Options(backend=getattr(a, "backend", "qemu"), accel=a.accel, qemu=a.qemu,
+                   firmware=a.firmware, ovmf_code=a.ovmf_code, ovmf_vars=a.ovmf_vars,
+                   trace_dir=Path(getattr(a, "trace_dir", None) or "runs"))
+
+
+def cmd_run(a):
+    from . import scenario as scnmod
+    from .compare import compare_traces, format_divergence
+    from .report import failure_report
+    from .session import resolve_accel, run_one
+    opts = _options(a)
+    files = scnmod.discover(a.files)
+    if not files:
+        raise HarnessError("no scenario files given")
+    scenarios = [scnmod.load(f) for f in files]     # all errors before any VM starts
+    backends = ["qemu", "model"] if opts.backend == "both" else [opts.backend]
+    failed = 0
+    for scn in scenarios:
+        results = {}
+        for b in backends:
+            accel = resolve_accel(opts, b)
+            if accel not in scn.accels:
+                print(f"SKIP {scn.name} [{b}]: runs only under {'/'.join(scn.accels)}")
+                continue
+            r = run_one(scn, b, opts, accel)
+            results[b] = r
+            print(f"{'ok  ' if r.met else 'FAIL'} {scn.name} [{b}, {accel}]: {r.reason}")
+            if not r.met:
+                failed += 1
+                print(failure_report(r))
+        if len(results) == 2:
+            div = compare_traces(results["qemu"].trace_path, results["model"].trace_path)
+            if div is not None:
+                failed += 1
+                print(f"DIFF {scn.name}: model and QEMU diverge")
+                print(format_divergence(div))
+    return 1 if failed else 0
+
+
+def cmd_show(a):
+    from .trace_show import show
+    print(show(a.trace))
+    return 0
+
+
+def cmd_diff(a):
+    from .compare import compare_traces, format_divergence
+    div = compare_traces(a.a, a.b)
+    if div is None:
+        print("traces agree")
+        return 0
+    print(format_divergence(div))
+    return 1
+
+
+def cmd_probe(a):
+    from .machine import CpuPlug, MachineConfig
+    from .qemu.backend import QemuBackend
+    from .scenario import MEMORY_RE
+    from .session import resolve_accel
+    m = MEMORY_RE.match(a.memory)
+    if not m:
+        raise HarnessError(f"--memory: expected a size like 512M or 2G, got {a.memory!r}")
+    mib = int(m.group(1)) * (1024 if m.group(2).upper() == "G" else 1)
+    maxcpus = a.maxcpus or a.smp + a.coldplug
+    if a.smp + a.coldplug > maxcpus:
+        raise HarnessError(f"--smp {a.smp} + --coldplug {a.coldplug} exceeds "
+                           f"--maxcpus {maxcpus}")
+    opts = _options(a)
+    machine = MachineConfig(cpus=a.smp, maxcpus=maxcpus, memory_mib=mib,
+                            tseg_mbytes=a.tseg_mbytes, firmware=a.firmware or "ovmf-smm",
+                            cpu_model=a.cpu, accel=resolve_accel(opts, "qemu"))
+    run_dir = Path(a.run_dir or "runs/probe")
+    b = QemuBackend(qemu=a.qemu, ovmf_code=a.ovmf_code, ovmf_vars=a.ovmf_vars)
+    try:
+        b.start(machine, run_dir, paused=True)
+        for i in range(a.coldplug):
+            b.coldplug(CpuPlug(slot=a.smp + i))
+        b.boot()
+        snap = b.snapshot()
+    finally:
+        b.close()
+    if a.json:
+        out = {"tseg": snap.tseg.__dict__ if snap.tseg else None,
+               "smi_features": snap.smi_features,
+               "cpus": [{k: getattr(c, k) for k in ("index", "apic_id", "smbase", "in_smm",
+                                                    "halted", "smi_count")}
+                        for c in snap.cpus]}
+        print(json.dumps(out, indent=2))
+    else:
+        from .report import cpu_table
+        print(cpu_table(snap.to_dict()))
+        print(f"  SMI features negotiated: {snap.smi_features.get('names')}")
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m harness",
+                                description="SMM CPU hot-plug test harness for QEMU q35 + OVMF")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run scenario files (exit 0 only if all met expectations)")
+    r.add_argument("files", nargs="+", help="scenario files or directories")
+    r.add_argument("--trace-dir", default="runs", help="where traces and logs go")
+    _add_run_options(r)
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("show", help="print a trace as a readable table")
+    s.add_argument("trace")
+    s.set_defaults(func=cmd_show)
+
+    d = sub.add_parser("diff", help="first divergence between two traces (exit 1 if any)")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.set_defaults(func=cmd_diff)
+
+    pr = sub.add_parser("probe", help="boot one VM and print every CPU's SMM state")
+    pr.add_argument("--smp", type=int, default=2)
+    pr.add_argument("--maxcpus", type=int, default=None)
+    pr.add_argument("--memory", default="512M")
+    pr.add_argument("--tseg-mbytes", type=int, default=16)
+    pr.add_argument("--cpu", default="qemu64", help="CPU model")
+    pr.add_argument("--coldplug", type=int, default=0, help="CPUs to cold-plug before boot")
+    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--run-dir", default=None)
+    _add_run_options(pr, backend=False)
+    pr.set_defaults(func=cmd_probe)
+
+    from . import images
+    images.register(sub)
+    try:
+        from .microcode import cli as mcli
+        mcli.register(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv=None):
+    from .qemu.process import install_signal_handlers
+    install_signal_handlers()
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'Ctrl-C'}): QEMU stopped, logs and traces kept",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,408 @@
+"""The real backend: scenario steps on a real QEMU q35 + OVMF + Linux guest.
+
+Every wait has a deadline. When the guest stops answering, the backend does not just
+time out: it collects a diagnosis (HMP ``info registers -a`` per CPU: SMM, HLT, CS:RIP;
+``query-cpus-fast``; a migration-stream snapshot with every CPU's SMBASE; the console
+tail), keeps it in the run directory, and raises ``Hang`` with it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from .. import firmware as fwmod
+from ..backend import Backend
+from ..errors import BackendError, ConfigError, Hang, QemuError, Refused
+from ..machine import CpuPlug, MachineConfig
+from ..snapshot import Snapshot
+from . import process
+from .qmp import QmpCommandError
+from .vm import QemuVM
+
+# Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
+BOOT_TIMEOUT = 120.0
+COMMAND_TIMEOUT = 30.0
+HOTPLUG_TIMEOUT = 30.0
+AGENT_PROBE = 4.0          # an unanswered agent probe makes us look at the CPUs
+UNPLUG_TIMEOUT = 30.0
+MIGRATE_TIMEOUT = 60.0
+# Agent snippet: one line per Linux CPU: "<n> <ACPI path> <online>"; then /proc/cpuinfo.
+CPU_LIST_CMD = (
+    'for d in /sys/devices/system/cpu/cpu[0-9]*; do n=${d##*cpu}; '
+    'echo "cpu $n $(cat $d/firmware_node/path 2>/dev/null) $(cat $d/online 2>/dev/null || echo 1)"; '
+    'done; cat /proc/cpuinfo')
+
+
+def parse_cpu_list(text):
+    """Guest CPU view -> {slot: {"linux": n, "online": bool, "apic_id", "microcode",
+    "signature"}}; the slot comes from the ACPI processor path \\_SB_.CPUS.Cxxx (hex)."""
+    cpus, by_linux = {}, {}
+    for line in text.splitlines():
+        m = re.match(r"cpu (\d+) \S*\.C([0-9A-Fa-f]+) (\d)\s*$", line)
+        if m:
+            slot = int(m.group(2), 16)
+            cpus[slot] = {"linux": int(m.group(1)), "online": m.group(3) == "1"}
+            by_linux[int(m.group(1))] = slot
+    info, cur = {}, None
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        k, v = k.strip(), v.strip()
+        if k == "processor":
+            cur = info.setdefault(int(v), {})
+        elif cur is not None and k in ("apicid", "microcode", "cpu family", "model",
+                                       "stepping"):
+            try:
+                cur[k] = int(v, 0)
+            except ValueError:
+                pass
+    for n, i in info.items():
+        slot = by_linux.get(n)
+        if slot is None:
+            continue
+        c = cpus[slot]
+        c["apic_id"] = i.get("apicid")
+        c["microcode"] = i.get("microcode")
+        if {"cpu family", "model", "stepping"} <= i.keys():
+            c["signature"] = cpuid_signature(i["cpu family"], i["model"], i["stepping"])
+    return cpus
+
+
+def cpuid_signature(family, model, stepping):
+    """CPUID(1).EAX from the display family/model/stepping Linux prints."""
+    base_fam = min(family, 0xF)
+    ext_fam = family - 0xF if family >= 0xF else 0
+    base_model, ext_model = model & 0xF, model >> 4
+    return (ext_fam << 20) | (ext_model << 16) | (base_fam << 8) | (base_model << 4) | stepping
+
+
+class QemuBackend(Backend):
+    name = "qemu"
+
+    def __init__(self, qemu=None, firmware=None, ovmf_code=None, ovmf_vars=None,
+                 early_cpio=None, keep_streams=False):
+        self.qemu_path, self.firmware_override = qemu, firmware
+        self.ovmf_code, self.ovmf_vars = ovmf_code, ovmf_vars
+        self.early_cpio = early_cpio
+        self.keep_streams = keep_streams
+        self.vm = None
+        self.agent = None
+        self.hung = None          # the Hang once the guest stopped answering
+        self.running = False
+        self.booted = False
+        self._nsnap = 0
+
+    # --- set-up ----------------------------------------------------------------------
+    def start(self, machine: MachineConfig, run_dir: Path, paused: bool) -> dict:
+        machine.validate()
+        binary = process.resolve_binary(self.qemu_path)
+        version = process.qemu_version(binary)
+        accel = process.resolve_accel(binary, machine.accel)
+        name = self.firmware_override or machine.firmware
+        code, varsf = self.ovmf_code, self.ovmf_vars
+        prof = fwmod.load_profile(name)
+        if not prof.smm:
+            code = varsf = None     # a user's build replaces the SMM firmware only
+        profile, images = fwmod.resolve(name, code, varsf)
+        from ..images import build_image   # builds on first use, cached after
+        image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
+        self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
+                         run_dir=run_dir, accel=accel, kernel=image.kernel,
+                         initrd=image.initrd)
+        self.vm.launch()
+        try:
+            self.vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        except QemuError:
+            pass
+        self._info = {"qemu": binary, "qemu_version": version, "accel": accel,
+                      "firmware": profile.name, "firmware_code": str(images.code),
+                      "firmware_descriptor": str(images.descriptor or ""),
+                      "kernel": getattr(image, "kernel_version", None)}
+        return dict(self._info)
+
+    def info(self) -> dict:
+        return dict(getattr(self, "_info", {}))
+
+    def _qmp(self, command, **args):
+        """A QMP command whose refusal is a scenario outcome (Refused)."""
+        try:
+            return self.vm.qmp.cmd(command, **args)
+        except QmpCommandError as e:
+            raise Refused(e.desc) from None
+
+    def _require_alive(self):
+        if self.hung is not None:
+            raise Hang(f"machine already hung: {self.hung.reason}", self.hung.diagnosis)
+        if not self.vm.alive():
+            raise QemuError(f"QEMU exited (status {self.vm.proc.poll()}): "
+                            f"{self.vm.failure_text()}")
+
+    def _device_add(self, cpu: CpuPlug):
+        slot = self.vm.slot_props(cpu.slot)
+        if "qom-path" in slot:
+            raise Refused(f"CPU slot {cpu.slot} is already occupied "
+                          f"({slot['qom-path']})")
+        args = {"driver": slot["type"], "id": cpu.device_id, **slot["props"]}
+        args.update({k: v for k, v in cpu.props.items()})
+        self._qmp("device_add", **args)
+        return {"device": cpu.device_id, "props": slot["props"]}
+
+    def coldplug(self, cpu: CpuPlug) -> dict:
+        if self.booted:
+            raise BackendError("cold-plug after boot")
+        return self._device_add(cpu)
+
+    # --- the guest ---------------------------------------------------------------------
+    def _agent_run(self, command, timeout=COMMAND_TIMEOUT, what=None):
+        self._require_alive()
+        try:
+            rc, out = self.agent.run(command, timeout=timeout)
+        except Hang as e:
+            raise self._hang(what or f"guest did not answer {command[:40]!r} within "
+                             f"{timeout:.0f} s") from None
+        return rc, out
+
+    def boot(self) -> dict:
+        from .agent import GuestAgent
+        t0 = time.monotonic()
+        self._qmp("cont")
+        self.running = True
+        self.agent = GuestAgent(self.vm.console)
+        try:
+            self.agent.wait_ready(BOOT_TIMEOUT)
+        except Hang:
+            raise self._hang(f"guest did not boot to its agent within {BOOT_TIMEOUT:.0f} s") \
+                from None
+        except BackendError as e:
+            raise QemuError(f"console closed during boot ({e}); "
+                            f"QEMU: {self.vm.failure_text()}") from None
+        self.booted = True
+        return {"boot_seconds": round(time.monotonic() - t0, 2),
+                "banner": getattr(self.agent, "banner", None)}
+
+    def guest_cpus(self):
+        rc, out = self._agent_run(CPU_LIST_CMD)
+        return parse_cpu_list(out)
+
+    def hotplug(self, cpu: CpuPlug) -> dict:
+        self._require_alive()
+        res = self._device_add(cpu)
+        # The guest's ACPI GPE handler runs the CPU scan (and the SMI upcall); the new
+        # CPU is handled once the guest lists it. A firmware hang shows as silence.
+        deadline = time.monotonic() + HOTPLUG_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            what = f"guest stopped answering after the hot-add of slot {cpu.slot}"
+            if left <= 0:
+                raise self._hang(f"guest did not list the CPU hot-added in slot {cpu.slot} "
+                                 f"within {HOTPLUG_TIMEOUT:.0f} s")
+            try:
+                rc, out = self.agent.run(CPU_LIST_CMD, timeout=min(left, AGENT_PROBE))
+            except Hang:
+                if self._stuck_in_smm():
+                    raise self._hang(what + " (CPUs stay in SMM)") from None
+                continue
+            cpus = parse_cpu_list(out)
+            if cpu.slot in cpus:
+                res["guest_cpu"] = cpus[cpu.slot]["linux"]
+                return res
+            time.sleep(0.2)
+
+    def _stuck_in_smm(self, samples=3, interval=1.0):
+        """True if the same CPUs are in SMM in every sample: an SMI handler does not
+        take seconds, so that is firmware waiting for something that will not come."""
+        from .hmp_diag import parse_info_registers
+        seen = None
+        for i in range(samples):
+            if i:
+                time.sleep(interval)
+            cpus = parse_info_registers(self.vm.qmp.hmp("info registers -a"))
+            in_smm = {c["index"] for c in cpus if c.get("in_smm")}
+            seen = in_smm if seen is None else seen & in_smm
+            if not seen:
+                return False
+        return True
+
+    def _agent_run_quiet(self, command, timeout, what):
+        rc, out = self._agent_run(command, timeout=max(1.0, timeout), what=what)
+        return out
+
+    def unplug(self, slot: int) -> dict:
+        self._require_alive()
+        info = self.vm.slot_props(slot)
+        path = info.get("qom-path")
+        if not path:
+            raise Refused(f"no CPU in slot {slot} to unplug")
+        self._qmp("device_del", id=path)
+        deadline = time.monotonic() + UNPLUG_TIMEOUT
+        ev = self.vm.qmp.wait_event("DEVICE_DELETED", deadline,
+                                    match=lambda d: d.get("path") == path)
+        if ev is None:
+            # still there: either the guest declined the eject or it hangs
+            self._agent_run("true", timeout=10, what=f"guest stopped answering after "
+                            f"device_del of slot {slot}")
+            raise BackendError(f"CPU in slot {slot} was not removed within "
+                               f"{UNPLUG_TIMEOUT:.0f} s (the guest did not eject it)")
+        return {"removed": path}
+
+    def _set_online(self, slot, value):
+        cpus = self.guest_cpus()
+        if slot not in cpus:
+            raise BackendError(f"the guest does not know a CPU in slot {slot}")
+        n = cpus[slot]["linux"]
+        rc, out = self._agent_run(f"echo {value} > /sys/devices/system/cpu/cpu{n}/online",
+                                  what=f"guest stopped answering while setting cpu{n} "
+                                  f"online={value}")
+        if rc != 0:
+            raise BackendError(f"guest could not set cpu{n} (slot {slot}) online={value}: "
+                               f"{out.strip()[-200:]}")
+        return {"linux_cpu": n}
+
+    def online(self, slot: int) -> dict:
+        return self._set_online(slot, 1)
+
+    def offline(self, slot: int) -> dict:
+        return self._set_online(slot, 0)
+
+    def smi(self, value, data, count) -> dict:
+        out = []
+        if data is not None:
+            out.append(f"printf '\\{data:03o}' | dd of=/dev/port bs=1 seek=179 count=1 "
+                       f"2>/dev/null || exit 1")
+        out.append(f"printf '\\{value:03o}' | dd of=/dev/port bs=1 seek=178 count=1 "
+                   f"2>/dev/null || exit 1")
+        body = "; ".join(out)
+        cmd = f"i=0; while [ $i -lt {count} ]; do {body}; i=$((i+1)); done"
+        rc, text = self._agent_run(cmd, timeout=COMMAND_TIMEOUT + count * 0.5,
+                                   what=f"guest stopped answering after writing "
+                                   f"{value:#04x} to port 0xB2")
+        if rc != 0:
+            raise BackendError(f"guest could not write port 0xB2: {text.strip()[-200:]}")
+        return {"written": count}
+
+    def guest(self, command: str) -> dict:
+        rc, out = self._agent_run(command)
+        return {"rc": rc, "output": out}
+
+    def reset(self) -> dict:
+        self._require_alive()
+        t0 = time.monotonic()
+        self._qmp("system_reset")
+        try:
+            self.agent.wait_ready(BOOT_TIMEOUT)
+        except Hang:
+            raise self._hang(f"guest did not come back within {BOOT_TIMEOUT:.0f} s of "
+                             f"system_reset") from None
+        return {"boot_seconds": round(time.monotonic() - t0, 2)}
+
+    def wait(self, seconds: float) -> dict:
+        self._require_alive()
+        time.sleep(seconds)
+        return {}
+
+    # --- looking from outside -------------------------------------------------------------
+    def _migrate_snapshot(self, keep=False):
+        from .migstream import parse_stream
+        from .snapshot_decode import decode_snapshot
+        self._nsnap += 1
+        path = self.vm.run_dir / f"snapshot-{self._nsnap}.mig"
+        status = self.vm.qmp.cmd("query-status")
+        was_running = status.get("running")
+        if was_running:
+            self.vm.qmp.cmd("stop")
+        try:
+            self.vm.qmp.cmd("migrate", uri=f"exec:cat > {path}")
+            deadline = time.monotonic() + MIGRATE_TIMEOUT
+            while True:
+                st = self.vm.qmp.cmd("query-migrate").get("status")
+                if st == "completed":
+                    break
+                if st in ("failed", "cancelled"):
+                    raise QemuError(f"snapshot migration {st}: "
+                                    f"{self.vm.qmp.cmd('query-migrate').get('error-desc')}")
+                if time.monotonic() > deadline:
+                    raise QemuError(f"snapshot migration not completed within "
+                                    f"{MIGRATE_TIMEOUT:.0f} s")
+                time.sleep(0.02)
+        finally:
+            if was_running:
+                self.vm.qmp.cmd("cont")
+        snap = decode_snapshot(parse_stream(path))
+        if not (keep or self.keep_streams):
+            path.unlink(missing_ok=True)
+        return snap, path
+
+    def _enrich(self, snap: Snapshot, guest=True):
+        """QOM (paths, ucode-rev) and the guest's view (online, microcode)."""
+        fast = {c["cpu-index"]: c for c in self.vm.qmp.cmd("query-cpus-fast")}
+        for c in snap.cpus:
+            f = fast.get(c.index)
+            if f:
+                c.qom_path = f["qom-path"]
+                try:
+                    c.ucode_rev = self.vm.qmp.cmd("qom-get", path=f["qom-path"],
+                                                  property="ucode-rev")
+                except QemuError:
+                    pass
+        if guest and self.booted and self.hung is None:
+            gcpus = self.guest_cpus()
+            by_apic = {}
+            slots = self.vm.hotpluggable_cpus()
+            for slot, g in gcpus.items():
+                if slot < len(slots):
+                    by_apic[slots[slot]["props"].get("socket-id")] = g
+            for c in snap.cpus:
+                g = by_apic.get(c.apic_id)
+                c.online = bool(g and g["online"])
+                if g:
+                    c.guest_ucode_rev = g.get("microcode")
+                    c.signature = g.get("signature")
+        return snap
+
+    def snapshot(self) -> Snapshot:
+        self._require_alive()
+        snap, _ = self._migrate_snapshot()
+        return self._enrich(snap)
+
+    def _hang(self, reason) -> Hang:
+        """Collect the diagnosis bundle, remember the machine is stuck, return a Hang."""
+        d = {"reason": reason}
+        bundle = self.vm.run_dir / "hang"
+        bundle.mkdir(exist_ok=True)
+        cpus = []
+        try:
+            from .hmp_diag import parse_info_registers
+            text = self.vm.qmp.hmp("info registers -a")
+            (bundle / "info-registers.txt").write_text(text)
+            cpus = parse_info_registers(text)
+        except Exception as e:           # diagnosis is best effort, never a new failure
+            d["info_registers_error"] = str(e)
+        try:
+            d["query_cpus_fast"] = self.vm.qmp.cmd("query-cpus-fast")
+        except Exception as e:
+            d["query_cpus_fast_error"] = str(e)
+        try:
+            snap, path = self._migrate_snapshot(keep=True)
+            self._enrich(snap, guest=False)
+            d["snapshot"] = snap.to_dict()
+            d["snapshot_stream"] = str(path)
+            regs = {c.get("index"): c for c in cpus}
+            merged = []
+            for c in snap.cpus:
+                r = regs.get(c.index, {})
+                merged.append({"index": c.index, "apic_id": c.apic_id, "smbase": c.smbase,
+                               "in_smm": c.in_smm, "halted": c.halted,
+                               "cs": r.get("cs"), "eip": r.get("eip")})
+            cpus = merged
+        except Exception as e:
+            d["snapshot_error"] = str(e)
+        d["cpus"] = cpus
+        d["console_tail"] = self.vm.console_tail(20)
+        (bundle / "diagnosis.json").write_text(json.dumps(d, indent=2, default=str))
+        self.hung = Hang(reason, d)
+        return self.hung
+
+    def close(self) -> None:
+        if self.vm is not None:
+            self.vm.shutdown()

@@ -1,0 +1,229 @@
+"""Run one scenario on one backend: steps in order, a trace record per step, a verdict.
+
+The run stops at the first step that does not pass (a refusal, a hang, a failed check,
+an error): after that the machine's state is no longer what the scenario describes.
+The outcome is then judged against the scenario's expectation for the accelerator,
+so a known bug (an expected hang) passes while it reproduces and fails once it is gone.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .checks import CheckContext, run_check
+from .errors import BackendError, HarnessError, Hang, Refused
+from .scenario import Scenario, plug_of
+from .trace import TraceWriter
+
+APM_NO_SMI = (0x02, 0x03)   # ACPI enable/disable values of APM_CNT raise no SMI (hw.py)
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    backend: str
+    accel: str
+    outcome: dict                       # what happened
+    met: bool                           # outcome matches the expectation
+    reason: str                         # why not (or a summary)
+    trace_path: Path | None = None
+    run_dir: Path | None = None
+    last_snapshot: dict | None = None
+    steps_done: int = 0
+    durations: dict = field(default_factory=dict)
+
+
+def judge(expect, outcome):
+    """(met, explanation) for an outcome against an Expectation."""
+    got = outcome["outcome"]
+    where = f" at step {outcome['step']} ({outcome.get('op')})" if outcome.get("step") else ""
+    if got != expect.outcome:
+        extra = outcome.get("message") or ""
+        if got == "pass" and expect.outcome in ("hang", "refused", "fail"):
+            extra = (f"expected {expect.outcome} did not happen: if the bug is fixed, "
+                     f"update the scenario's expectation")
+        return False, f"expected {expect.outcome}, got {got}{where}" + \
+            (f": {extra}" if extra else "")
+    if expect.step is not None and outcome.get("step") != expect.step:
+        return False, f"expected {expect.outcome} at step {expect.step}, got it{where}"
+    if got == "refused" and expect.message not in (outcome.get("message") or ""):
+        return False, (f"refused with a different message: expected "
+                       f"{expect.message!r}, got {outcome.get('message')!r}")
+    if got == "hang":
+        sig = outcome.get("signature") or {}
+        for key in ("in_smm", "halted"):
+            want = getattr(expect, key)
+            if want is not None and sorted(sig.get(key, [])) != sorted(want):
+                return False, (f"hang signature differs: {key} expected {want}, "
+                               f"observed {sig.get(key)}")
+    if got == "fail" and expect.check not in (outcome.get("failed_checks") or []):
+        return False, (f"expected check {expect.check} to fail, but failed: "
+                       f"{outcome.get('failed_checks')}")
+    return True, f"{got}{where}" + (" as expected" if got != "pass" else "")
+
+
+class _Run:
+    def __init__(self, scn, backend, trace):
+        self.scn, self.backend, self.trace = scn, backend, trace
+        self.last = None          # last Snapshot
+        self.previous = None      # the one before it
+        self.smis = 0             # SMIs raised since self.last
+
+    def take_snapshot(self):
+        snap = self.backend.snapshot()
+        self.previous, self.last = self.last, snap
+        smis, self.smis = self.smis, 0
+        return snap, smis
+
+    def step(self, step):
+        op, a, b = step.op, step.args, self.backend
+        if op == "coldplug":
+            return b.coldplug(plug_of(step)), None
+        if op == "hotplug":
+            return b.hotplug(plug_of(step)), None
+        if op == "boot":
+            return b.boot(), None
+        if op == "unplug":
+            return b.unplug(a["slot"]), None
+        if op == "online":
+            return b.online(a["slot"]), None
+        if op == "offline":
+            return b.offline(a["slot"]), None
+        if op == "smi":
+            res = b.smi(a["value"], a["data"], a["count"])
+            if a["value"] not in APM_NO_SMI:
+                self.smis += a["count"]
+            return res, None
+        if op == "guest":
+            res = b.guest(a["command"])
+            problems = []
+            if res.get("rc") != a["expect_rc"]:
+                problems.append(f"exit status {res.get('rc')}, expected {a['expect_rc']}")
+            if a["expect_output"] and not re.search(a["expect_output"], res.get("output", ""),
+                                                    re.M):
+                problems.append(f"output does not match /{a['expect_output']}/")
+            if problems:
+                raise _CheckFailed([{"name": "guest", "passed": False,
+                                     "expected": {"rc": a["expect_rc"],
+                                                  "output": a["expect_output"]},
+                                     "observed": {"rc": res.get("rc"),
+                                                  "output": res.get("output", "")[-500:]},
+                                     "detail": "; ".join(problems), "cpus": []}], res)
+            return res, None
+        if op == "wait":
+            return b.wait(a["seconds"]), None
+        if op == "reset":
+            return b.reset(), None
+        if op == "snapshot":
+            snap, _ = self.take_snapshot()
+            return {"cpus": len(snap.cpus)}, snap
+        if op == "check":
+            names = [c["name"] for c in a["checks"]]
+            alive = None
+            if "guest_alive" in names:
+                try:
+                    alive = b.guest("true").get("rc") == 0
+                except Hang:
+                    alive = False
+            snap, smis = self.take_snapshot()
+            ctx = CheckContext(snapshot=snap, previous=self.previous,
+                               smis_since_previous=smis, guest_alive=alive)
+            results = [run_check(c["name"], c["arg"], ctx).to_dict() for c in a["checks"]]
+            if not all(r["passed"] for r in results):
+                raise _CheckFailed(results, None, snap)
+            return {"checks": results}, snap
+        raise AssertionError(op)
+
+
+class _CheckFailed(Exception):
+    def __init__(self, results, result, snapshot=None):
+        self.results, self.result, self.snapshot = results, result, snapshot
+
+
+def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path) -> RunResult:
+    """Run ``scn`` on ``backend`` (already constructed, not started); always closes it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    machine = scn.machine
+    machine.accel = accel
+    header = {"scenario": scn.name, "file": str(scn.path), "backend": backend.name,
+              "accel": accel, "harness": __version__, "machine": machine.__dict__,
+              "expect": scn.expectation(accel).__dict__}
+    trace = None
+    outcome = {"outcome": "pass"}
+    steps_done = 0
+    t_start = time.monotonic()
+    run = _Run(scn, backend, None)
+    try:
+        try:
+            info = backend.start(machine, run_dir, paused=True) or {}
+        except HarnessError as e:
+            trace = TraceWriter(trace_path, {**header, "info": {}})
+            outcome = {"outcome": "error", "step": 0, "op": "start", "message": str(e)}
+            trace.step(0, "start", {}, error={"kind": "error", "message": str(e)})
+            raise _Stop() from None
+        trace = TraceWriter(trace_path, {**header, "info": {**info, **backend.info()}})
+        for i, step in enumerate(scn.steps, 1):
+            t0 = time.monotonic()
+            snap = result = error = None
+            try:
+                result, snap = run.step(step)
+            except Refused as e:
+                error = {"kind": "refused", "message": e.message}
+                outcome = {"outcome": "refused", "message": e.message}
+            except Hang as e:
+                sig = e.signature()
+                error = {"kind": "hang", "message": e.reason, "signature": sig,
+                         "diagnosis": e.diagnosis}
+                snap = e.diagnosis.get("snapshot")
+                outcome = {"outcome": "hang", "message": e.reason, "signature": sig}
+            except _CheckFailed as e:
+                failed = [r["name"] for r in e.results if not r["passed"]]
+                error = {"kind": "check", "message": "; ".join(
+                    f"{r['name']}: {r['detail'] or 'failed'}" for r in e.results
+                    if not r["passed"]), "checks": e.results}
+                result, snap = e.result, e.snapshot
+                outcome = {"outcome": "fail", "failed_checks": failed,
+                           "checks": e.results, "message": error["message"]}
+            except BackendError as e:
+                error = {"kind": "error", "message": str(e)}
+                outcome = {"outcome": "error", "message": str(e)}
+            trace.step(i, step.op, step.args, result=result, error=error,
+                       duration=time.monotonic() - t0, snapshot=snap, line=step.line)
+            steps_done = i
+            if snap is not None:
+                outcome["snapshot"] = snap if isinstance(snap, dict) else snap.to_dict()
+            if error:
+                outcome.update(step=i, op=step.op, line=step.line)
+                break
+    except _Stop:
+        pass
+    except BaseException as e:      # Ctrl-C, SIGTERM, a harness bug: say so in the trace
+        outcome = {"outcome": "error", "step": steps_done + 1,
+                   "message": f"run interrupted: {type(e).__name__}: {e}"}
+        raise
+    finally:
+        try:
+            backend.close()
+        finally:
+            if trace is None:
+                trace = TraceWriter(trace_path, {**header, "info": {}})
+            last = outcome.get("snapshot") or (run.last.to_dict() if run.last else None)
+            if outcome["outcome"] == "error":
+                met, reason = False, outcome.get("message", "error")
+            else:
+                met, reason = judge(scn.expectation(accel), outcome)
+            trace.end({"outcome": {k: v for k, v in outcome.items() if k != "snapshot"},
+                       "met": met, "reason": reason,
+                       "duration": round(time.monotonic() - t_start, 3)})
+            trace.close()
+    return RunResult(scenario=scn, backend=backend.name, accel=accel, outcome=outcome,
+                     met=met, reason=reason, trace_path=Path(trace_path), run_dir=run_dir,
+                     last_snapshot=last, steps_done=steps_done)
+
+
+class _Stop(Exception):
+    pass

@@ -1,0 +1,474 @@
+"""Scenario files: load, validate, and report every mistake as ``file:line: key: problem``.
+
+The YAML is composed into nodes first (PyYAML keeps each node's line), then validated
+against the schema below by hand, so that every error can name its line. The format is
+documented key by key in docs/scenarios.md.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import firmware as fwmod
+from .errors import ScenarioError
+from .machine import ACCELS, CpuPlug, MachineConfig
+
+OUTCOMES = ("pass", "refused", "hang", "fail")
+STEP_OPS = ("boot", "coldplug", "hotplug", "unplug", "online", "offline", "smi", "guest",
+            "snapshot", "wait", "reset", "check")
+CHECKS = {
+    # name: kind of argument (None = takes none)
+    "smbase_relocated": None, "smbase_in_tseg": None, "smbase_tiles_disjoint": None,
+    "no_cpu_in_smm": None, "smi_delivered": None, "smi_features": "names",
+    "cpus_present": "int", "cpus_online": "int", "tseg_locked": None,
+    "guest_alive": None, "microcode_uniform": None, "microcode_revision": "int",
+}
+MEMORY_RE = re.compile(r"^(\d+)\s*([MG])i?B?$", re.I)
+
+
+@dataclass
+class Step:
+    op: str
+    args: dict
+    line: int
+
+    def describe(self):
+        return f"{self.op} {self.args}" if self.args else self.op
+
+
+@dataclass
+class Expectation:
+    outcome: str = "pass"
+    step: int | None = None           # 1-based index of the step where it must happen
+    message: str | None = None        # refused: substring of QEMU's message
+    in_smm: list | None = None        # hang: cpu indexes in SMM
+    halted: list | None = None        # hang: cpu indexes halted
+    check: str | None = None          # fail: the check that must fail
+    line: int = 0
+
+
+@dataclass
+class Scenario:
+    name: str
+    path: Path
+    purpose: str
+    machine: MachineConfig
+    steps: list
+    accels: tuple = ("tcg", "kvm")    # where this scenario may run
+    expect: dict = field(default_factory=dict)   # accel -> Expectation
+    backends: tuple = ("qemu", "model")
+
+    def expectation(self, accel):
+        return self.expect.get(accel) or self.expect.get("any") or Expectation()
+
+    @property
+    def needs_paused_start(self):
+        return any(s.op == "coldplug" for s in self.steps)
+
+
+# --- YAML nodes with lines -------------------------------------------------------------
+class _Ctx:
+    def __init__(self, path):
+        self.path = path
+
+    def err(self, node_or_line, key, msg):
+        line = node_or_line if isinstance(node_or_line, int) else node_or_line.start_mark.line + 1
+        return ScenarioError(self.path, line, key, msg)
+
+
+def _scalar(ctx, node, key):
+    if not isinstance(node, yaml.ScalarNode):
+        raise ctx.err(node, key, f"expected a single value, got a {_kind(node)}")
+    return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" \
+        else node.value
+
+
+def _kind(node):
+    return {yaml.MappingNode: "mapping", yaml.SequenceNode: "list",
+            yaml.ScalarNode: "value"}[type(node)]
+
+
+def _mapping(ctx, node, key, allowed):
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.err(node, key, f"expected a mapping, got a {_kind(node)}")
+    out = {}
+    for k, v in node.value:
+        name = k.value if isinstance(k, yaml.ScalarNode) else None
+        if name is None:
+            raise ctx.err(k, key, "keys must be plain names")
+        full = f"{key}.{name}" if key else name
+        if allowed is not None and name not in allowed:
+            raise ctx.err(k, full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        if name in out:
+            raise ctx.err(k, full, "duplicate key")
+        out[name] = v
+    return out
+
+
+def _int(ctx, node, key, lo=None, hi=None):
+    v = _scalar(ctx, node, key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, str):
+            try:
+                v = int(v, 0)
+            except ValueError:
+                raise ctx.err(node, key, f"expected an integer, got {v!r}") from None
+        else:
+            raise ctx.err(node, key, f"expected an integer, got {v!r}")
+    if lo is not None and v < lo or hi is not None and v > hi:
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ctx.err(node, key, f"{v} out of range ({rng})")
+    return v
+
+
+def _bool(ctx, node, key):
+    v = _scalar(ctx, node, key)
+    if not isinstance(v, bool):
+        raise ctx.err(node, key, f"expected true or false, got {v!r}")
+    return v
+
+
+def _str(ctx, node, key):
+    v = _scalar(ctx, node, key)
+    if not isinstance(v, str) or not v.strip():
+        raise ctx.err(node, key, f"expected a non-empty string, got {v!r}")
+    return v
+
+
+def _number(ctx, node, key, lo=0.0, hi=3600.0):
+    v = _scalar(ctx, node, key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ctx.err(node, key, f"expected a number of seconds, got {v!r}")
+    if not lo <= v <= hi:
+        raise ctx.err(node, key, f"{v} out of range ({lo}..{hi})")
+    return float(v)
+
+
+def _memory(ctx, node, key):
+    v = _scalar(ctx, node, key)
+    if isinstance(v, int) and not isinstance(v, bool):
+        mib = v
+    else:
+        m = MEMORY_RE.match(str(v).strip())
+        if not m:
+            raise ctx.err(node, key, f"expected a size like 512M or 2G, got {v!r}")
+        mib = int(m.group(1)) * (1024 if m.group(2).upper() == "G" else 1)
+    if not 128 <= mib <= 1 << 20:
+        raise ctx.err(node, key, f"{mib} MiB out of range (128 MiB .. 1 TiB)")
+    return mib
+
+
+def _props(ctx, node, key):
+    props = {}
+    for name, v in _mapping(ctx, node, key, None).items():
+        val = _scalar(ctx, v, f"{key}.{name}")
+        if isinstance(val, (list, dict)) or val is None:
+            raise ctx.err(v, f"{key}.{name}", "expected a single value")
+        props[name] = val
+    return props
+
+
+# --- sections --------------------------------------------------------------------------
+MACHINE_KEYS = {"cpu_model", "cpus", "maxcpus", "memory", "tseg_mbytes", "firmware",
+                "smi_features", "cpu_props", "extra_args"}
+
+
+def _machine(ctx, node):
+    m = _mapping(ctx, node, "machine", MACHINE_KEYS)
+    cfg = MachineConfig()
+    if "cpu_model" in m:
+        cfg.cpu_model = _str(ctx, m["cpu_model"], "machine.cpu_model")
+    if "cpus" in m:
+        cfg.cpus = _int(ctx, m["cpus"], "machine.cpus", 1, 255)
+    cfg.maxcpus = _int(ctx, m["maxcpus"], "machine.maxcpus", 1, 255) if "maxcpus" in m \
+        else cfg.cpus
+    if cfg.maxcpus < cfg.cpus:
+        raise ctx.err(m["maxcpus"], "machine.maxcpus",
+                      f"{cfg.maxcpus} is less than cpus ({cfg.cpus})")
+    if "memory" in m:
+        cfg.memory_mib = _memory(ctx, m["memory"], "machine.memory")
+    if "tseg_mbytes" in m:
+        cfg.tseg_mbytes = _int(ctx, m["tseg_mbytes"], "machine.tseg_mbytes", 0, 0xFFF)
+    if "firmware" in m:
+        cfg.firmware = _str(ctx, m["firmware"], "machine.firmware")
+    if cfg.firmware not in fwmod.profile_names():
+        line = m["firmware"] if "firmware" in m else node
+        raise ctx.err(line, "machine.firmware", f"unknown firmware profile "
+                      f"{cfg.firmware!r} (known: {', '.join(fwmod.profile_names())})")
+    if "smi_features" in m:
+        feats = _mapping(ctx, m["smi_features"], "machine.smi_features",
+                         {"broadcast", "cpu_hotplug", "cpu_hotunplug"})
+        for k, v in feats.items():
+            cfg.smi_features[k] = _bool(ctx, v, f"machine.smi_features.{k}")
+        if cfg.smi_features.get("cpu_hotunplug") and not cfg.smi_features.get("cpu_hotplug"):
+            raise ctx.err(m["smi_features"], "machine.smi_features",
+                          "cpu_hotunplug: true requires cpu_hotplug: true "
+                          "(QEMU exits: 'cpu hot-unplug requires cpu hot-plug')")
+    if "cpu_props" in m:
+        cfg.cpu_props = _props(ctx, m["cpu_props"], "machine.cpu_props")
+    if "extra_args" in m:
+        n = m["extra_args"]
+        if not isinstance(n, yaml.SequenceNode):
+            raise ctx.err(n, "machine.extra_args", "expected a list of strings")
+        cfg.extra_args = [_str(ctx, x, "machine.extra_args") for x in n.value]
+    return cfg
+
+
+def _slot(ctx, node, key, machine):
+    return _int(ctx, node, key, 0, machine.maxcpus - 1)
+
+
+def _cpu_plug(ctx, node, key, machine):
+    if isinstance(node, yaml.ScalarNode):
+        return {"slot": _slot(ctx, node, key, machine), "props": {}}
+    m = _mapping(ctx, node, key, {"slot", "props"})
+    if "slot" not in m:
+        raise ctx.err(node, f"{key}.slot", "missing (which CPU slot to plug)")
+    return {"slot": _slot(ctx, m["slot"], f"{key}.slot", machine),
+            "props": _props(ctx, m["props"], f"{key}.props") if "props" in m else {}}
+
+
+def _check_args(ctx, node, key):
+    """check: name | [name, {name: arg}, ...] | {name: arg, ...} -> list of (name, arg)"""
+    items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    out = []
+    for item in items:
+        if isinstance(item, yaml.ScalarNode):
+            pairs = [(item, None)]
+        else:
+            pairs = [(k, v) for k, v in _mapping(ctx, item, key, set(CHECKS)).items()]
+        for k, v in pairs:
+            name = k if isinstance(k, str) else _str(ctx, k, key)
+            knode = item if isinstance(k, str) else k
+            if name not in CHECKS:
+                raise ctx.err(knode, key, f"unknown check {name!r} "
+                              f"(known: {', '.join(sorted(CHECKS))})")
+            kind = CHECKS[name]
+            if kind is None:
+                if v is not None and not (isinstance(v, yaml.ScalarNode) and v.value in
+                                          ("", "null", "~", "true")):
+                    raise ctx.err(v, f"{key}.{name}", "takes no argument")
+                arg = None
+            elif v is None:
+                raise ctx.err(knode, f"{key}.{name}", f"needs an argument ({kind})")
+            elif kind == "int":
+                arg = _int(ctx, v, f"{key}.{name}", 0)
+            else:
+                if not isinstance(v, yaml.SequenceNode):
+                    raise ctx.err(v, f"{key}.{name}", "expected a list of names")
+                arg = sorted(_str(ctx, x, f"{key}.{name}") for x in v.value)
+                bad = [a for a in arg if a not in ("broadcast", "cpu_hotplug", "cpu_hotunplug")]
+                if bad:
+                    raise ctx.err(v, f"{key}.{name}", f"unknown SMI feature {bad[0]!r}")
+            out.append({"name": name, "arg": arg})
+    return {"checks": out}
+
+
+def _step(ctx, node, index, machine):
+    key = f"steps[{index}]"
+    if isinstance(node, yaml.ScalarNode):
+        op, val = node.value, None
+    else:
+        m = _mapping(ctx, node, key, None)
+        if len(m) != 1:
+            raise ctx.err(node, key, f"a step is one operation, got {len(m)} keys "
+                          f"({', '.join(m)})")
+        op, val = next(iter(m.items()))
+    if op not in STEP_OPS:
+        raise ctx.err(node, key, f"unknown step {op!r} (known: {', '.join(STEP_OPS)})")
+    k = f"{key}.{op}"
+    line = node.start_mark.line + 1
+    no_arg = val is None or (isinstance(val, yaml.ScalarNode) and val.value in ("", "~", "null"))
+    if op in ("boot", "snapshot", "reset"):
+        if not no_arg:
+            raise ctx.err(val, k, "takes no argument")
+        return Step(op, {}, line)
+    if no_arg:
+        raise ctx.err(node, k, "needs an argument")
+    if op in ("coldplug", "hotplug"):
+        return Step(op, _cpu_plug(ctx, val, k, machine), line)
+    if op in ("unplug", "online", "offline"):
+        return Step(op, {"slot": _slot(ctx, val, k, machine)}, line)
+    if op == "smi":
+        if isinstance(val, yaml.ScalarNode):
+            return Step(op, {"value": _int(ctx, val, k, 0, 255), "data": None, "count": 1},
+                        line)
+        m = _mapping(ctx, val, k, {"value", "data", "count"})
+        return Step(op, {
+            "value": _int(ctx, m["value"], f"{k}.value", 0, 255) if "value" in m else 0,
+            "data": _int(ctx, m["data"], f"{k}.data", 0, 255) if "data" in m else None,
+            "count": _int(ctx, m["count"], f"{k}.count", 1, 100000) if "count" in m else 1,
+        }, line)
+    if op == "guest":
+        if isinstance(val, yaml.ScalarNode):
+            return Step(op, {"command": _str(ctx, val, k), "expect_rc": 0,
+                             "expect_output": None}, line)
+        m = _mapping(ctx, val, k, {"command", "expect_rc", "expect_output"})
+        if "command" not in m:
+            raise ctx.err(val, f"{k}.command", "missing")
+        pattern = _str(ctx, m["expect_output"], f"{k}.expect_output") \
+            if "expect_output" in m else None
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ctx.err(m["expect_output"], f"{k}.expect_output",
+                              f"bad regular expression: {e}") from None
+        return Step(op, {"command": _str(ctx, m["command"], f"{k}.command"),
+                         "expect_rc": _int(ctx, m["expect_rc"], f"{k}.expect_rc", 0, 255)
+                         if "expect_rc" in m else 0,
+                         "expect_output": pattern}, line)
+    if op == "wait":
+        return Step(op, {"seconds": _number(ctx, val, k)}, line)
+    if op == "check":
+        return Step(op, _check_args(ctx, val, k), line)
+    raise AssertionError(op)
+
+
+def _int_list(ctx, node, key):
+    if not isinstance(node, yaml.SequenceNode):
+        raise ctx.err(node, key, "expected a list of cpu indexes")
+    return sorted(_int(ctx, x, key, 0, 255) for x in node.value)
+
+
+def _expectation(ctx, node, key, nsteps):
+    if isinstance(node, yaml.ScalarNode):
+        outcome = _str(ctx, node, key)
+        if outcome not in OUTCOMES:
+            raise ctx.err(node, key, f"unknown outcome {outcome!r} "
+                          f"(known: {', '.join(OUTCOMES)})")
+        if outcome in ("refused", "fail"):
+            raise ctx.err(node, key, f"outcome {outcome} needs details "
+                          f"({'message' if outcome == 'refused' else 'check'})")
+        return Expectation(outcome=outcome, line=node.start_mark.line + 1)
+    m = _mapping(ctx, node, key, {"outcome", "step", "message", "in_smm", "halted", "check"})
+    if "outcome" not in m:
+        raise ctx.err(node, f"{key}.outcome", "missing")
+    e = Expectation(outcome=_str(ctx, m["outcome"], f"{key}.outcome"),
+                    line=node.start_mark.line + 1)
+    if e.outcome not in OUTCOMES:
+        raise ctx.err(m["outcome"], f"{key}.outcome", f"unknown outcome {e.outcome!r} "
+                      f"(known: {', '.join(OUTCOMES)})")
+    allowed = {"pass": set(), "refused": {"step", "message"},
+               "hang": {"step", "in_smm", "halted"}, "fail": {"step", "check"}}[e.outcome]
+    for k, v in m.items():
+        if k != "outcome" and k not in allowed:
+            raise ctx.err(v, f"{key}.{k}", f"not used with outcome {e.outcome}")
+    if "step" in m:
+        e.step = _int(ctx, m["step"], f"{key}.step", 1, nsteps)
+    if "message" in m:
+        e.message = _str(ctx, m["message"], f"{key}.message")
+    if e.outcome == "refused" and not e.message:
+        raise ctx.err(node, f"{key}.message", "missing (QEMU's expected message)")
+    if "in_smm" in m:
+        e.in_smm = _int_list(ctx, m["in_smm"], f"{key}.in_smm")
+    if "halted" in m:
+        e.halted = _int_list(ctx, m["halted"], f"{key}.halted")
+    if "check" in m:
+        e.check = _str(ctx, m["check"], f"{key}.check")
+        if e.check not in CHECKS:
+            raise ctx.err(m["check"], f"{key}.check", f"unknown check {e.check!r}")
+    if e.outcome == "fail" and not e.check:
+        raise ctx.err(node, f"{key}.check", "missing (which check is expected to fail)")
+    return e
+
+
+TOP_KEYS = {"name", "purpose", "machine", "accel", "expect", "steps", "backends"}
+
+
+def load(path) -> Scenario:
+    path = Path(path)
+    ctx = _Ctx(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ScenarioError(path, 0, None, f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(path, 0, None, "not UTF-8 text") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise ScenarioError(path, mark.line + 1 if mark else 0, None,
+                            f"YAML syntax: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ScenarioError(path, 0, None, f"YAML: {e}") from None
+    if root is None:
+        raise ScenarioError(path, 1, None, "empty file")
+    top = _mapping(ctx, root, "", TOP_KEYS)
+    for required in ("purpose", "steps"):
+        if required not in top:
+            raise ctx.err(root, required, "missing")
+    name = _str(ctx, top["name"], "name") if "name" in top else path.stem
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ctx.err(top.get("name", root), "name",
+                      "use letters, digits, '-', '_' and '.' only")
+    purpose = _str(ctx, top["purpose"], "purpose")
+    machine = _machine(ctx, top["machine"]) if "machine" in top else MachineConfig()
+    sn = top["steps"]
+    if not isinstance(sn, yaml.SequenceNode) or not sn.value:
+        raise ctx.err(sn, "steps", "expected a non-empty list of steps")
+    steps = [_step(ctx, s, i + 1, machine) for i, s in enumerate(sn.value)]
+    _check_order(ctx, steps)
+    accels = ("tcg", "kvm")
+    if "accel" in top:
+        n = top["accel"]
+        vals = n.value if isinstance(n, yaml.SequenceNode) else [n]
+        accels = tuple(_str(ctx, v, "accel") for v in vals)
+        for v, a in zip(vals, accels):
+            if a not in ("tcg", "kvm"):
+                raise ctx.err(v, "accel", f"unknown accelerator {a!r} (tcg or kvm)")
+    backends = ("qemu", "model")
+    if "backends" in top:
+        n = top["backends"]
+        vals = n.value if isinstance(n, yaml.SequenceNode) else [n]
+        backends = tuple(_str(ctx, v, "backends") for v in vals)
+        for v, b in zip(vals, backends):
+            if b not in ("qemu", "model"):
+                raise ctx.err(v, "backends", f"unknown backend {b!r} (qemu or model)")
+    expect = {}
+    if "expect" in top:
+        en = top["expect"]
+        if isinstance(en, yaml.ScalarNode):
+            expect["any"] = _expectation(ctx, en, "expect", len(steps))
+        else:
+            for k, v in _mapping(ctx, en, "expect", {"tcg", "kvm", "any"}).items():
+                expect[k] = _expectation(ctx, v, f"expect.{k}", len(steps))
+    return Scenario(name=name, path=path, purpose=purpose, machine=machine, steps=steps,
+                    accels=accels, expect=expect, backends=backends)
+
+
+def _check_order(ctx, steps):
+    """Cold-plug only before boot; everything that needs a running guest after it."""
+    booted = False
+    for i, s in enumerate(steps, 1):
+        key = f"steps[{i}].{s.op}"
+        if s.op == "boot":
+            if booted:
+                raise ctx.err(s.line, key, "the machine is already booted (use reset)")
+            booted = True
+        elif s.op == "coldplug" and booted:
+            raise ctx.err(s.line, key, "cold-plug must come before boot")
+        elif s.op not in ("coldplug", "check", "snapshot", "wait") and not booted:
+            raise ctx.err(s.line, key, "needs a booted machine: add a boot step before it")
+
+
+def discover(paths):
+    """Scenario files under ``paths`` (files or directories), sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(p.rglob("*.yaml")) + sorted(p.rglob("*.yml"))
+        else:
+            out.append(p)
+    return out
+
+
+def plug_of(step) -> CpuPlug:
+    return CpuPlug(slot=step.args["slot"], props=dict(step.args.get("props") or {}))
+
+
+__all__ = ["Scenario", "Step", "Expectation", "load", "discover", "ACCELS", "CHECKS"]
