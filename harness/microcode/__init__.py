@@ -1,0 +1,19 @@
+"""x86 microcode toolkit: parse, validate, select and pack Intel/AMD microcode.
+
+Why this exists: the harness boots guests with an early-microcode initrd and checks what
+revision hot-added CPUs report, so it must know exactly which update Linux would pick and
+must be able to build the byte layout Linux (and ``iucode_tool``) expects. Format facts
+and their sources are in ``shared/design/microcode-facts.md``; each module cites the
+section it implements.
+
+Modules, one job each:
+
+- ``checksum``  fast exact u32 word sums (the Intel checksum rule), no numpy;
+- ``cpuid``     decode CPUID(1).EAX and MSR 0x17, firmware file names;
+- ``defects``   the error object every parser reports (offset, field, expected, found);
+- ``intel``     Intel update headers, extended tables, concatenations; ``build_update``;
+- ``amd``       AMD containers, equivalence tables, patch headers; ``build_container``;
+- ``select``    what Linux's loader would load for a CPU; packing like ``iucode_tool -w``;
+- ``cpio``      newc early-microcode archive, combined initrd, ``find_cpio_data``;
+- ``cli``       ``register(subparsers)`` adding the ``microcode`` subcommand.
+"""

@@ -1,0 +1,59 @@
+"""CPUID(1).EAX and MSR 0x17 decoding, and the loader's firmware file names.
+
+Why a module: Intel matching, AMD family rules and the file names used by the kernel all
+derive family/model/stepping from the same signature word, with vendor-specific
+quirks (facts §1.5, §2.2). Keeping the bit arithmetic here means it is written once.
+"""
+
+from typing import NamedTuple
+
+from harness.hw import MSR_IA32_PLATFORM_ID  # noqa: F401  (documents where pf comes from)
+
+PLATFORM_ID_SHIFT = 50     # MSR 0x17 bits 52:50 hold the platform id (facts §1.5)
+PLATFORM_ID_MASK = 0x7
+
+
+class Signature(NamedTuple):
+    family: int
+    model: int
+    stepping: int
+
+
+def decode_signature(eax):
+    """Family/model/stepping as Linux computes them from CPUID(1).EAX (x86_family/x86_model)."""
+    family = (eax >> 8) & 0xF
+    if family == 0xF:
+        family += (eax >> 20) & 0xFF
+    model = (eax >> 4) & 0xF
+    if family >= 6:
+        model += ((eax >> 16) & 0xF) << 4
+    return Signature(family, model, eax & 0xF)
+
+
+def platform_id_from_msr(value):
+    """Platform id 0..7 from the 64-bit IA32_PLATFORM_ID (MSR 0x17) value."""
+    return (value >> PLATFORM_ID_SHIFT) & PLATFORM_ID_MASK
+
+
+def intel_cpu_pf(eax, platform_id):
+    """The one-hot pf mask Linux uses: 1 << id, or 0 on CPUs without MSR 0x17 (facts §1.5)."""
+    family, model, _ = decode_signature(eax)
+    if platform_id is None or not (model >= 5 or family > 6):
+        return 0
+    if not 0 <= platform_id <= 7:
+        raise ValueError(f"platform id must be 0..7, got {platform_id}")
+    return 1 << platform_id
+
+
+def intel_fw_name(eax):
+    """``intel-ucode/FF-MM-SS`` as requested by the late loader."""
+    f, m, s = decode_signature(eax)
+    return f"intel-ucode/{f:02x}-{m:02x}-{s:02x}"
+
+
+def amd_fw_name(eax):
+    """``amd-ucode/microcode_amd[_famXXh].bin`` (facts §2.2)."""
+    family = decode_signature(eax).family
+    if family < 0x15:
+        return "amd-ucode/microcode_amd.bin"
+    return f"amd-ucode/microcode_amd_fam{family:02x}h.bin"

@@ -1,0 +1,43 @@
+"""The one error object every microcode parser reports.
+
+Why: a damaged microcode file must never crash the tool nor hide the good updates
+around it. Parsers therefore do not raise on bad input; they return the updates they
+could trust plus a list of ``Defect`` objects, each pinned to a file offset and field
+with what was expected and what was found, so a person can fix the file.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One problem found in a microcode file.
+
+    ``offset`` is the absolute file offset of the offending field; ``record`` the offset
+    of the update/section it belongs to (None for file-level problems). ``fatal`` means
+    the record was rejected (not returned); non-fatal defects are warnings (e.g. strict
+    checks in loose mode).
+    """
+
+    offset: int
+    field: str
+    expected: str
+    found: str
+    record: Optional[int] = None
+    fatal: bool = True
+    source: Optional[str] = None
+
+    @property
+    def message(self):
+        where = f"{self.source}: " if self.source else ""
+        kind = "" if self.fatal else "warning: "
+        return (f"{where}{kind}offset 0x{self.offset:x}: {self.field}: "
+                f"expected {self.expected}, found {self.found}")
+
+    def __str__(self):
+        return self.message
+
+
+class MicrocodeError(ValueError):
+    """Raised only by builders and strict helpers given impossible arguments."""

@@ -1,0 +1,84 @@
+"""The ``microcode`` subcommand through a tiny argparse driver."""
+
+import json
+
+import pytest
+
+from harness.microcode.cpio import INTEL_PATH, find_cpio_data
+from harness.microcode.intel import build_update, parse_intel
+
+from mc_helpers import run_cli
+
+
+@pytest.fixture
+def files(tmp_path):
+    a = build_update(0x906EA, 0x22, 0xF0, "2024-11-17")
+    b = build_update(0x906EA, 0x02, 0xF4, "2024-12-01", ext_sigs=[(0x906EB, 0x02)])
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "06-9e-0a").write_bytes(a + b)
+    (tmp_path / "d" / ".hidden").write_bytes(b"junk")
+    (tmp_path / "bad.bin").write_bytes(a[:-4] + b"\0\0\0\1")
+    return tmp_path, a, b
+
+
+def test_list_json(files, capsys):
+    tmp, a, b = files
+    assert run_cli("list", "--json", tmp / "d") == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(set(r) == {"signature", "pf_mask", "revision", "date", "size", "file"} for r in rows)
+    got = {(r["signature"], r["pf_mask"], r["revision"], r["date"], r["size"]) for r in rows}
+    want = {(s, p, u.revision, u.date, u.total_size)
+            for u in parse_intel(a + b).updates for s, p in u.signatures}
+    assert got == want and len(rows) == 3
+    assert {r["file"] for r in rows} == {str(tmp / "d" / "06-9e-0a")}
+
+
+def test_list_text_and_damaged_file(files, capsys):
+    tmp, a, b = files
+    assert run_cli("list", tmp / "bad.bin") == 1
+    err = capsys.readouterr().err
+    assert "checksum" in err and "offset 0x10" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ("list", "/nonexistent/x"),
+    ("select", "--signature", "0xzz", "/dev/null"),
+    ("select", "--signature", "0x906ea", "--platform-id", "9", "PLACEHOLDER"),
+    ("find", "/nonexistent/img", INTEL_PATH),
+])
+def test_bad_input_exit_2_one_line(files, capsys, argv):
+    tmp, _, _ = files
+    argv = [str(tmp / "d") if x == "PLACEHOLDER" else x for x in argv]
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("microcode: ")
+
+
+def test_select(files, capsys):
+    tmp, a, b = files
+    assert run_cli("select", "--signature", "0x906ea", "--platform-id", "1", "--json", tmp / "d") == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["revision"] == parse_intel(b).updates[0].revision
+    assert run_cli("select", "--signature", "0x906ea", "--platform-id", "5", "--json", tmp / "d") == 0
+    assert json.loads(capsys.readouterr().out)[0]["revision"] == parse_intel(a).updates[0].revision
+    assert run_cli("select", "--signature", "0x906ea", "--platform-id", "1",
+                   "--revision", "0xf4", tmp / "d") == 1
+
+
+def test_pack_early_and_find(files, capsys, tmp_path):
+    tmp, a, b = files
+    out = tmp_path / "early.cpio"
+    assert run_cli("pack-early", "--out", out, "--signature", "0x906ea,0x20", tmp / "d") == 0
+    hit = find_cpio_data(out.read_bytes(), INTEL_PATH)
+    assert [u.raw for u in parse_intel(hit.data).updates] == [a]
+    assert run_cli("pack-early", "--out", out, tmp / "d") == 2          # no overwrite
+    assert run_cli("pack-early", "--overwrite", "--out", out, tmp / "d") == 0
+    capsys.readouterr()
+    assert run_cli("find", out, INTEL_PATH) == 0
+    text = capsys.readouterr().out
+    assert f"size {len(find_cpio_data(out.read_bytes(), INTEL_PATH).data)}" in text
+    assert run_cli("find", out, "kernel/x86/microcode/AuthenticAMD.bin") == 1
+
+
+def test_microcode_without_subcommand(capsys):
+    assert run_cli() == 2
