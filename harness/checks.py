@@ -122,6 +122,19 @@ def smi_delivered(ctx, arg):
                        if bad else "", bad)
 
 
+def smbase_unchanged(ctx, arg):
+    if ctx.previous is None:
+        return CheckResult("smbase_unchanged", False, "a snapshot before", "none",
+                           "add a snapshot step earlier in the scenario", [])
+    before = {c.index: c.smbase for c in ctx.previous.cpus}
+    bad = [c.index for c in ctx.snapshot.cpus
+           if c.index in before and before[c.index] != c.smbase]
+    return CheckResult("smbase_unchanged", not bad, "SMBASEs as in the previous snapshot",
+                       {c.index: f"{_hex(before.get(c.index))} -> {_hex(c.smbase)}"
+                        for c in ctx.snapshot.cpus},
+                       f"CPU {', '.join(map(str, bad))} moved" if bad else "", bad)
+
+
 def smi_features(ctx, arg):
     got = sorted(ctx.snapshot.smi_features.get("names") or [])
     return CheckResult("smi_features", got == sorted(arg), sorted(arg), got,
@@ -185,7 +198,7 @@ def microcode_revision(ctx, arg):
 
 CHECK_FUNCTIONS = {f.__name__: f for f in (
     smbase_relocated, smbase_in_tseg, smbase_tiles_disjoint, no_cpu_in_smm, smi_delivered,
-    smi_features, cpus_present, cpus_online, tseg_locked, guest_alive, microcode_uniform,
+    smbase_unchanged, smi_features, cpus_present, cpus_online, tseg_locked, guest_alive, microcode_uniform,
     microcode_revision)}
 
 

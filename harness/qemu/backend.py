@@ -8,6 +8,7 @@ tail), keeps it in the run directory, and raises ``Hang`` with it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -19,10 +20,11 @@ from ..machine import CpuPlug, MachineConfig
 from ..snapshot import Snapshot
 from . import process
 from .qmp import QmpCommandError
-from .vm import QemuVM
+from .vm import KERNEL_CMDLINE, QemuVM
 
 # Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
-BOOT_TIMEOUT = 120.0
+# SMM_HARNESS_BOOT_TIMEOUT overrides the boot deadline (slow CI hosts, or tests).
+BOOT_TIMEOUT = float(os.environ.get("SMM_HARNESS_BOOT_TIMEOUT", "120"))
 COMMAND_TIMEOUT = 30.0
 HOTPLUG_TIMEOUT = 30.0
 AGENT_PROBE = 4.0          # an unanswered agent probe makes us look at the CPUs
@@ -109,7 +111,8 @@ class QemuBackend(Backend):
         image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
                          run_dir=run_dir, accel=accel, kernel=image.kernel,
-                         initrd=image.initrd)
+                         initrd=image.initrd,
+                         cmdline=getattr(image, "cmdline", None) or KERNEL_CMDLINE)
         self.vm.launch()
         try:
             self.vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
