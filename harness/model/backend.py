@@ -1,0 +1,216 @@
+"""``ModelBackend``: the Backend contract on top of the pure-Python model.
+
+``semantics`` is "tcg", "kvm" or a :class:`~harness.model.cpu.CpuSemantics` (for
+deliberately different machines); ``profile_overrides`` replaces fields of the firmware
+profile (e.g. ``{"smbase_stride": 0x1000}``, ``{"skip_known_apic_ids": False}``).
+
+``guest(command)``: the model cannot run shell commands. It answers a few read-only
+commands from its own state (``nproc``, ``cat /sys/devices/system/cpu/online``,
+``cat /sys/devices/system/cpu/present``, ``true``) and returns ``{"rc": 0, "output": ""}``
+for anything else (result key ``"modelled": False``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..backend import Backend
+from ..errors import BackendError, ConfigError, Hang, Refused
+from ..machine import CpuPlug, MachineConfig
+from ..snapshot import CpuState, Snapshot, Tseg
+from .chipset import MSG_BOOT_CPU_UNPLUG, MSG_DEVICE_NOT_FOUND, MSG_LEGACY_UNPLUG
+from .cpu import semantics as to_semantics
+from .engine import Machine
+from .firmware import load_profile
+
+
+def _ranges(nums):
+    nums = sorted(nums)
+    out, i = [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+class ModelBackend(Backend):
+    name = "model"
+
+    def __init__(self, semantics="tcg", firmware_dir=Path("firmware"), *,
+                 profile_overrides=None, max_steps=500_000):
+        self.sem = to_semantics(semantics)
+        self.firmware_dir = firmware_dir
+        self.profile_overrides = dict(profile_overrides or {})
+        self.max_steps = max_steps
+        self.m = None
+        self.profile = None
+        self.paused = False
+        self.booted = False
+
+    # --- helpers ------------------------------------------------------------------------
+    def _machine(self):
+        if self.m is None:
+            raise BackendError("model machine not started")
+        return self.m
+
+    def _running(self, what):
+        m = self._machine()
+        if m.stuck:
+            raise Hang(*m.stuck)
+        if not self.booted:
+            raise ConfigError(f"{what} needs a booted guest (run the boot step first)")
+        return m
+
+    def _cpu_result(self, cpu):
+        return {"index": cpu.index, "apic_id": cpu.apic_id, "smbase": cpu.smbase,
+                "in_smm": cpu.in_smm}
+
+    # --- Backend ------------------------------------------------------------------------
+    def start(self, machine: MachineConfig, run_dir: Path, paused: bool) -> dict:
+        machine.validate()
+        self.profile = load_profile(self.firmware_dir, machine.firmware,
+                                    self.profile_overrides)
+        try:
+            self.m = Machine(machine, self.sem, self.profile, max_steps=self.max_steps)
+        except Refused as e:
+            raise ConfigError(f"bad topology: {e.message}") from None
+        self.paused = paused
+        self.booted = False
+        return {"cpus": len(self.m.cpus), "maxcpus": machine.maxcpus, "paused": paused}
+
+    def coldplug(self, cpu: CpuPlug) -> dict:
+        m = self._machine()
+        if not self.paused or self.booted:
+            raise ConfigError("coldplug is only possible while the machine is paused "
+                              "(start paused, before boot)")
+        c, _ = m.device_add(cpu.slot, cpu.props, hotplug=True)   # QMP device_add in -S
+        return self._cpu_result(c)
+
+    def boot(self) -> dict:
+        m = self._machine()
+        if m.stuck:
+            raise Hang(*m.stuck)
+        if self.booted:
+            raise ConfigError("machine already booted")
+        self.paused = False
+        m.power_on()
+        m.run()
+        if not m.guest.booted:
+            raise BackendError("model: guest did not boot")
+        self.booted = True
+        return {"online": sorted(m.guest.online), "steps": m.steps}
+
+    def hotplug(self, cpu: CpuPlug) -> dict:
+        m = self._running("hotplug")
+        c, gpe = m.device_add(cpu.slot, cpu.props, hotplug=True)
+        if gpe:
+            m.guest.gpe()
+        m.run()
+        return self._cpu_result(c)
+
+    def unplug(self, slot: int) -> dict:
+        m = self._running("unplug")
+        cpu = m.by_slot.get(slot)
+        if slot == 0 and cpu is not None:
+            raise Refused(MSG_BOOT_CPU_UNPLUG)
+        if cpu is None:
+            raise Refused(MSG_DEVICE_NOT_FOUND.format(id=CpuPlug(slot).device_id))
+        if m.cpuhp.legacy:
+            raise Refused(MSG_LEGACY_UNPLUG.format(type=f"{m.config.cpu_model}-x86_64-cpu"))
+        msg = m.lpc.device_del_refusal()
+        if msg:
+            raise Refused(msg)
+        index = cpu.index
+        if m.cpuhp.unplug_request(slot):
+            m.gpe_sts = True
+            m.guest.gpe()
+        m.run()
+        if slot in m.by_slot:
+            raise Hang(f"device_del of slot {slot}: the CPU was never removed "
+                       "(no DEVICE_DELETED)", m.diagnosis("device_del did not complete"))
+        return {"index": index, "apic_id": slot, "removed": True}
+
+    def _guest_op(self, what, task_factory, slot):
+        m = self._running(what)
+        if slot not in m.by_slot:
+            raise BackendError(f"{what}: no CPU in slot {slot}")
+        result = {}
+        m.guest.post(m.bsp, task_factory(slot, result))
+        m.run()
+        if result.get("error"):
+            raise BackendError(f"guest: {what} slot {slot}: {result['error']}")
+        cpu = m.by_slot[slot]
+        return {"index": cpu.index, "online": cpu.index in m.guest.online}
+
+    def online(self, slot: int) -> dict:
+        return self._guest_op("online", self._machine().guest.online_task, slot)
+
+    def offline(self, slot: int) -> dict:
+        if slot == 0:
+            self._running("offline")
+            raise BackendError("guest: cpu0 cannot be taken offline")
+        return self._guest_op("offline", self._machine().guest.offline_task, slot)
+
+    def smi(self, value: int, data: int | None, count: int) -> dict:
+        m = self._running("smi")
+        before = {c.index: c.smi_count for c in m.cpus}
+        m.guest.post(m.bsp, m.guest.smi_task(value & 0xFF, None if data is None
+                                             else data & 0xFF, max(0, int(count))))
+        m.run()
+        return {"smis": {c.index: c.smi_count - before.get(c.index, 0) for c in m.cpus}}
+
+    def guest(self, command: str) -> dict:
+        m = self._running("guest")
+        cmd = command.strip()
+        if cmd == "nproc":
+            return {"rc": 0, "output": f"{len(m.guest.online)}\n"}
+        if cmd == "cat /sys/devices/system/cpu/online":
+            return {"rc": 0, "output": _ranges(m.guest.online) + "\n"}
+        if cmd == "cat /sys/devices/system/cpu/present":
+            idx = [m.by_slot[s].index for s in m.guest.known if s in m.by_slot]
+            return {"rc": 0, "output": _ranges(idx) + "\n"}
+        if cmd in ("true", ":", ""):
+            return {"rc": 0, "output": ""}
+        return {"rc": 0, "output": "", "modelled": False}
+
+    def reset(self) -> dict:
+        m = self._machine()
+        m.system_reset()
+        self.paused = False
+        self.booted = False
+        return self.boot()
+
+    def wait(self, seconds: float) -> dict:
+        m = self._machine()
+        if m.stuck:
+            raise Hang(*m.stuck)
+        m.run()
+        return {}
+
+    def snapshot(self) -> Snapshot:
+        m = self._machine()
+        g = m.guest
+        cpus = []
+        for c in sorted(m.cpus, key=lambda c: c.index):
+            cpus.append(CpuState(
+                index=c.index, apic_id=c.apic_id, smbase=c.smbase, in_smm=c.in_smm,
+                halted=m.cpu_halted(c), smi_count=c.smi_count, pending_smi=c.pending_smi,
+                pending_init=c.pending_init,
+                online=(c.index in g.online) if self.booted or g.booted else None,
+                qom_path=None, ucode_rev=c.ucode_rev, signature=c.signature))
+        regs = m.mch.registers()
+        regs.update(m.lpc.registers())
+        return Snapshot(cpus=cpus,
+                        tseg=Tseg(base=m.mch.tseg_base, size=m.mch.tseg_size,
+                                  locked=m.mch.locked),
+                        registers=regs, smi_features=m.lpc.features())
+
+    def info(self) -> dict:
+        return {"backend": "model", "semantics": self.sem.name,
+                "firmware": self.profile.name if self.profile else None}
+
+    def close(self) -> None:
+        self.m = None
+        self.booted = False
