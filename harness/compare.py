@@ -66,7 +66,26 @@ def _compare_snapshots(a, b):
 
 
 def _hang_snapshot(step):
-    return ((step.get("error") or {}).get("diagnosis") or {}).get("snapshot")
+    """A hang's state: the diagnosis snapshot, or at least its per-CPU table."""
+    diag = (step.get("error") or {}).get("diagnosis") or {}
+    if diag.get("snapshot"):
+        return diag["snapshot"]
+    return {"cpus": diag["cpus"]} if diag.get("cpus") else None
+
+
+HANG_CPU_FIELDS = ("apic_id", "smbase", "in_smm", "halted")
+
+
+def _compare_hang_cpus(a, b):
+    """In a hang, halted matters too: it is part of the signature."""
+    ca = {c["index"]: c for c in a.get("cpus", [])}
+    cb = {c["index"]: c for c in b.get("cpus", [])}
+    for i in sorted(set(ca) & set(cb)):
+        for f in HANG_CPU_FIELDS:
+            va, vb = ca[i].get(f), cb[i].get(f)
+            if va is not None and vb is not None and va != vb:
+                return (f, i, va, vb)
+    return None
 
 
 def compare_traces(path_a, path_b):
@@ -97,6 +116,10 @@ def compare_traces(path_a, path_b):
                 va, vb = ea.get("signature", {}).get(f), eb.get("signature", {}).get(f)
                 if va != vb:
                     return div(x, f"hang.{f}", None, va, vb, snap_a, snap_b)
+            if snap_a and snap_b:
+                d = _compare_hang_cpus(snap_a, snap_b)
+                if d:
+                    return div(x, d[0], d[1], d[2], d[3], snap_a, snap_b)
         if ka == "check":
             pa = {c["name"]: c["passed"] for c in ea.get("checks", [])}
             pb = {c["name"]: c["passed"] for c in eb.get("checks", [])}
