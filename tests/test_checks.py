@@ -1,0 +1,82 @@
+"""Checks on hand-built snapshots: each verdict and the CPUs it blames."""
+from harness import hw
+from harness.checks import CheckContext, run_check
+from harness.snapshot import CpuState, Snapshot, Tseg
+
+TSEG = Tseg(base=0x1F000000, size=16 << 20, locked=True)
+
+
+def snap(*smbases, in_smm=(), smis=None, online=None, ucode=None):
+    cpus = []
+    for i, s in enumerate(smbases):
+        cpus.append(CpuState(index=i, apic_id=i, smbase=s, in_smm=i in in_smm, halted=True,
+                             smi_count=None if smis is None else smis[i],
+                             online=None if online is None else online[i],
+                             ucode_rev=None if ucode is None else ucode[i]))
+    return Snapshot(cpus=cpus, tseg=TSEG, registers={"smram": 0x1A, "esmramc": 0x3F},
+                    smi_features={"names": ["broadcast", "cpu_hotplug"]})
+
+
+def check(name, s, arg=None, **kw):
+    return run_check(name, arg, CheckContext(snapshot=s, **kw))
+
+
+def test_smbase_relocated_blames_the_default():
+    r = check("smbase_relocated", snap(0x1FFBD000, hw.DEFAULT_SMBASE))
+    assert not r.passed and r.cpus == [1]
+    assert check("smbase_relocated", snap(0x1FFBD000, 0x1FFBF000)).passed
+
+
+def test_smbase_in_tseg_edges():
+    top = TSEG.base + TSEG.size
+    assert check("smbase_in_tseg", snap(top - hw.SAVE_STATE_END)).passed
+    r = check("smbase_in_tseg", snap(top - hw.SAVE_STATE_END + 0x1000,
+                                     TSEG.base - hw.SMI_ENTRY_OFFSET - 1))
+    assert r.cpus == [0, 1]
+
+
+def test_tiles_ovmf_interleaving_is_disjoint_but_equal_or_close_smbases_clash():
+    ovmf = [0x1FFBD000 + i * 0x2000 for i in range(8)]   # OVMF's 8 KiB stride
+    assert check("smbase_tiles_disjoint", snap(*ovmf)).passed
+    r = check("smbase_tiles_disjoint", snap(0x1FFBD000, 0x1FFC1000, 0x1FFBD000))
+    assert not r.passed and r.cpus == [0, 2]
+    # 0x800 apart: entry pages overlap
+    assert check("smbase_tiles_disjoint", snap(0x1FFBD000, 0x1FFBD800)).cpus == [0, 1]
+    # save-state map of one on the entry page of another: SMBASE + 0xFC00 == other + 0x8000
+    assert check("smbase_tiles_disjoint", snap(0x1FFBD000, 0x1FFBD000 + 0x7C00)).cpus == [0, 1]
+
+
+def test_no_cpu_in_smm():
+    assert check("no_cpu_in_smm", snap(1, 2, 3, in_smm={2})).cpus == [2]
+
+
+def test_smi_delivered_exact_and_new_cpus():
+    before = snap(0x1000, 0x3000, smis=[10, 10])
+    after = Snapshot(cpus=snap(0x1000, 0x3000, 0x5000, smis=[110, 110, 100]).cpus, tseg=TSEG)
+    ok = check("smi_delivered", after, previous=before, smis_since_previous=100)
+    assert ok.passed and ok.observed == {0: "+100", 1: "+100", 2: "100 (new)"}
+    short = snap(0x1000, 0x3000, smis=[110, 109])
+    r = check("smi_delivered", short, previous=before, smis_since_previous=100)
+    assert not r.passed and r.cpus == [1]
+    assert not check("smi_delivered", after, previous=None).passed
+
+
+def test_smbase_unchanged():
+    assert check("smbase_unchanged", snap(1, 2), previous=snap(1, 2)).passed
+    assert check("smbase_unchanged", snap(1, 3), previous=snap(1, 2)).cpus == [1]
+
+
+def test_counts_features_lock_microcode():
+    s = snap(1, 2, 3, online=[True, True, False], ucode=[5, 5, 6])
+    assert check("cpus_present", s, 3).passed and not check("cpus_present", s, 2).passed
+    r = check("cpus_online", s, 3)
+    assert not r.passed and r.observed == 2 and r.cpus == [2]
+    assert check("smi_features", s, ["cpu_hotplug", "broadcast"]).passed
+    assert not check("smi_features", s, ["broadcast"]).passed
+    assert check("tseg_locked", s).passed
+    s.registers["smram"] &= ~hw.SMRAM_D_LCK
+    assert not check("tseg_locked", s).passed
+    r = check("microcode_uniform", s)
+    assert not r.passed and r.cpus == [2]
+    assert check("microcode_revision", snap(1, 2, ucode=[5, 5]), 5).passed
+    assert check("microcode_revision", s, 5).cpus == [2]
