@@ -88,7 +88,8 @@ class ScenarioItem(pytest.Item):
     def __init__(self, *, scenario, backend, **kw):
         super().__init__(**kw)
         self.scenario, self.backend = scenario, backend
-        self.add_marker(pytest.mark.vm) if backend == "qemu" else None
+        if backend == "qemu":
+            self.add_marker(pytest.mark.vm)
 
     def runtest(self):
         opts = _options(self.config)
