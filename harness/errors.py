@@ -30,6 +30,14 @@ class QemuError(BackendError):
     """QEMU could not be started or died unexpectedly."""
 
 
+class QemuCrashed(QemuError):
+    """QEMU died under a running scenario; ``message`` is its last stderr line."""
+
+    def __init__(self, status, message):
+        self.status, self.message = status, message
+        super().__init__(f"QEMU exited (status {status}): {message}")
+
+
 class Refused(BackendError):
     """QEMU (or the model) refused a request, e.g. device_add; ``message`` is QEMU's text."""
 

@@ -21,6 +21,9 @@ class MachineConfig:
         "broadcast": True, "cpu_hotplug": True, "cpu_hotunplug": True})
     cpu_props: dict = field(default_factory=dict)   # -cpu MODEL,prop=value for every CPU
     accel: str = "tcg"
+    # TCG vCPU threading: "single" (one host thread, round-robin) or "multi" (one per
+    # vCPU). Default from $SMM_HARNESS_TCG_THREAD, else single: see harness/qemu/vm.py.
+    tcg_thread: str | None = None
     extra_args: list = field(default_factory=list)
 
     def validate(self):
@@ -36,6 +39,8 @@ class MachineConfig:
             raise ConfigError(f"tseg_mbytes {self.tseg_mbytes} out of range 0..4095")
         if self.accel not in ACCELS:
             raise ConfigError(f"accel must be one of {', '.join(ACCELS)}, got {self.accel!r}")
+        if self.tcg_thread not in (None, "single", "multi"):
+            raise ConfigError(f"tcg_thread must be single or multi, got {self.tcg_thread!r}")
         if self.smi_features.get("cpu_hotunplug") and not self.smi_features.get("cpu_hotplug"):
             raise ConfigError("smi_features: cpu_hotunplug requires cpu_hotplug "
                               "(QEMU: 'cpu hot-unplug requires cpu hot-plug')")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .checks import CheckContext, run_check
-from .errors import BackendError, HarnessError, Hang, Refused
+from .errors import BackendError, HarnessError, Hang, QemuCrashed, Refused
 from .scenario import Scenario, plug_of
 from .trace import TraceWriter
 
@@ -42,14 +42,14 @@ def judge(expect, outcome):
     where = f" at step {outcome['step']} ({outcome.get('op')})" if outcome.get("step") else ""
     if got != expect.outcome:
         extra = outcome.get("message") or ""
-        if got == "pass" and expect.outcome in ("hang", "refused", "fail"):
-            extra = (f"expected {expect.outcome} did not happen: if the bug is fixed, "
+        if got == "pass" and expect.outcome in ("hang", "refused", "fail", "crash"):
+            extra = (f"the expected {expect.outcome} did not happen: if the bug is fixed, "
                      f"update the scenario's expectation")
         return False, f"expected {expect.outcome}, got {got}{where}" + \
             (f": {extra}" if extra else "")
     if expect.step is not None and outcome.get("step") != expect.step:
         return False, f"expected {expect.outcome} at step {expect.step}, got it{where}"
-    if got == "refused" and expect.message not in (outcome.get("message") or ""):
+    if got in ("refused", "crash") and expect.message not in (outcome.get("message") or ""):
         return False, (f"refused with a different message: expected "
                        f"{expect.message!r}, got {outcome.get('message')!r}")
     if got == "hang":
@@ -188,6 +188,9 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path) -> RunResul
                 result, snap = e.result, e.snapshot
                 outcome = {"outcome": "fail", "failed_checks": failed,
                            "checks": e.results, "message": error["message"]}
+            except QemuCrashed as e:
+                error = {"kind": "crash", "message": e.message, "status": e.status}
+                outcome = {"outcome": "crash", "message": e.message, "status": e.status}
             except BackendError as e:
                 error = {"kind": "error", "message": str(e)}
                 outcome = {"outcome": "error", "message": str(e)}

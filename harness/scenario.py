@@ -16,7 +16,7 @@ from . import firmware as fwmod
 from .errors import ScenarioError
 from .machine import ACCELS, CpuPlug, MachineConfig
 
-OUTCOMES = ("pass", "refused", "hang", "fail")
+OUTCOMES = ("pass", "refused", "hang", "fail", "crash")
 STEP_OPS = ("boot", "coldplug", "hotplug", "unplug", "online", "offline", "smi", "guest",
             "snapshot", "wait", "reset", "check")
 CHECKS = {
@@ -173,7 +173,7 @@ def _props(ctx, node, key):
 
 # --- sections --------------------------------------------------------------------------
 MACHINE_KEYS = {"cpu_model", "cpus", "maxcpus", "memory", "tseg_mbytes", "firmware",
-                "smi_features", "cpu_props", "extra_args"}
+                "smi_features", "cpu_props", "extra_args", "tcg_thread"}
 
 
 def _machine(ctx, node):
@@ -209,6 +209,11 @@ def _machine(ctx, node):
                           "(QEMU exits: 'cpu hot-unplug requires cpu hot-plug')")
     if "cpu_props" in m:
         cfg.cpu_props = _props(ctx, m["cpu_props"], "machine.cpu_props")
+    if "tcg_thread" in m:
+        cfg.tcg_thread = _str(ctx, m["tcg_thread"], "machine.tcg_thread")
+        if cfg.tcg_thread not in ("single", "multi"):
+            raise ctx.err(m["tcg_thread"], "machine.tcg_thread",
+                          f"expected single or multi, got {cfg.tcg_thread!r}")
     if "extra_args" in m:
         n = m["extra_args"]
         if not isinstance(n, yaml.SequenceNode):
@@ -340,9 +345,9 @@ def _expectation(ctx, node, key, nsteps):
         if outcome not in OUTCOMES:
             raise ctx.err(node, key, f"unknown outcome {outcome!r} "
                           f"(known: {', '.join(OUTCOMES)})")
-        if outcome in ("refused", "fail"):
+        if outcome in ("refused", "fail", "crash"):
             raise ctx.err(node, key, f"outcome {outcome} needs details "
-                          f"({'message' if outcome == 'refused' else 'check'})")
+                          f"({'check' if outcome == 'fail' else 'message'})")
         return Expectation(outcome=outcome, line=node.start_mark.line + 1)
     m = _mapping(ctx, node, key, {"outcome", "step", "message", "in_smm", "halted", "check"})
     if "outcome" not in m:
@@ -352,7 +357,7 @@ def _expectation(ctx, node, key, nsteps):
     if e.outcome not in OUTCOMES:
         raise ctx.err(m["outcome"], f"{key}.outcome", f"unknown outcome {e.outcome!r} "
                       f"(known: {', '.join(OUTCOMES)})")
-    allowed = {"pass": set(), "refused": {"step", "message"},
+    allowed = {"pass": set(), "refused": {"step", "message"}, "crash": {"step", "message"},
                "hang": {"step", "in_smm", "halted"}, "fail": {"step", "check"}}[e.outcome]
     for k, v in m.items():
         if k != "outcome" and k not in allowed:
@@ -361,7 +366,7 @@ def _expectation(ctx, node, key, nsteps):
         e.step = _int(ctx, m["step"], f"{key}.step", 1, nsteps)
     if "message" in m:
         e.message = _str(ctx, m["message"], f"{key}.message")
-    if e.outcome == "refused" and not e.message:
+    if e.outcome in ("refused", "crash") and not e.message:
         raise ctx.err(node, f"{key}.message", "missing (QEMU's expected message)")
     if "in_smm" in m:
         e.in_smm = _int_list(ctx, m["in_smm"], f"{key}.in_smm")

@@ -33,6 +33,7 @@ HALTED = "halted"
 CPU_MODELS = {
     "qemu64": ("AMD", hw.QEMU64_FAMILY, hw.QEMU64_MODEL, hw.QEMU64_STEPPING),
     "kvm64": ("Intel", 15, 6, 1),
+    "Skylake-Client": ("Intel", 6, 94, 3),      # QEMU builtin_x86_defs
 }
 DEFAULT_UCODE_REV = hw.QEMU_UCODE_REV_AMD_DEFAULT   # qemu64 is an AMD-vendor model
 
@@ -83,7 +84,8 @@ class CpuSemantics:
     # INIT puts SMBASE back to 0x30000 (no real implementation does: QEMU restores
     # smbase across INIT; the knob exists for comparison tests)
     init_resets_smbase: bool = False
-    # WRMSR 0x79 (microcode update trigger): "qemu" = ignored, revision unchanged
+    # WRMSR 0x79 (microcode update trigger): "qemu" = ignored, revision unchanged;
+    # "hardware" = validated and loaded when newer (harness.model.microcode)
     wrmsr_ucode: str = "qemu"
 
 
@@ -111,16 +113,20 @@ class Memory:
 
     ``code``: entry address -> factory(cpu) returning a program generator.
     ``save``: save-state address (SMBASE + 0xFC00) -> dict with the fields the model uses.
+    ``ucode``: address of an update's data (header + 48) -> the update's bytes, for
+    WRMSR 0x79 / 0xC0010020 given an address.
     """
-    __slots__ = ("code", "save")
+    __slots__ = ("code", "save", "ucode")
 
     def __init__(self):
         self.code = {}
         self.save = {}
+        self.ucode = {}
 
     def clear(self):
         self.code.clear()
         self.save.clear()
+        self.ucode.clear()
 
 
 def _stray_code(cpu):
@@ -133,10 +139,12 @@ def _stray_code(cpu):
 class Cpu:
     __slots__ = ("index", "apic_id", "slot", "is_bsp", "sem", "mem", "smbase", "in_smm",
                  "halted", "wait_sipi", "pending_smi", "pending_init", "smi_count", "prog",
-                 "where", "ucode_rev", "signature", "removed", "msr_writes")
+                 "where", "ucode_rev", "signature", "removed", "msr_writes",
+                 "vendor", "platform_id", "power_on_ucode_rev")
 
     def __init__(self, index, apic_id, slot, sem, mem, *, is_bsp=False,
-                 ucode_rev=DEFAULT_UCODE_REV, signature=QEMU64_SIGNATURE):
+                 ucode_rev=DEFAULT_UCODE_REV, signature=QEMU64_SIGNATURE,
+                 vendor="AuthenticAMD", platform_id=0):
         self.index = index
         self.apic_id = apic_id
         self.slot = slot
@@ -144,7 +152,10 @@ class Cpu:
         self.sem = sem
         self.mem = mem
         self.ucode_rev = ucode_rev
+        self.power_on_ucode_rev = ucode_rev     # a RESET drops a loaded update
         self.signature = signature
+        self.vendor = vendor
+        self.platform_id = platform_id
         self.removed = False
         self.msr_writes = 0
         self.reset()
@@ -153,6 +164,7 @@ class Cpu:
     def reset(self):
         """Power-on / system_reset (not INIT): SMBASE back to default, APs wait for SIPI."""
         self.smbase = hw.DEFAULT_SMBASE
+        self.ucode_rev = self.power_on_ucode_rev
         self.in_smm = False
         self.pending_smi = False
         self.pending_init = False
@@ -258,9 +270,20 @@ class Cpu:
             self.msr_writes += 1
             if self.sem.wrmsr_ucode == "qemu":
                 return          # QEMU ignores the update trigger: revision unchanged
+            if self.sem.wrmsr_ucode == "hardware":
+                from .microcode import apply_update
+                if isinstance(value, int):
+                    value = self.mem.ucode.get(value, b"")
+                return apply_update(self, value, "hardware")
             raise ValueError(f"unknown wrmsr_ucode policy {self.sem.wrmsr_ucode!r}")
         if msr == hw.MSR_IA32_BIOS_SIGN_ID:
             return              # QEMU: writes to 0x8B do not change ucode-rev
+        if msr == hw.MSR_AMD64_PATCH_LOADER:
+            self.msr_writes += 1
+            from .microcode import apply_amd_patch
+            if isinstance(value, int):
+                value = self.mem.ucode.get(value, b"")
+            return apply_amd_patch(self, value, self.sem.wrmsr_ucode)
         raise KeyError(f"MSR {msr:#x} not modelled")
 
     def __repr__(self):

@@ -17,6 +17,7 @@ from .cpu import SPIN, HALT, Cpu, Memory, model_defaults, parse_int
 from .cpuhp import CpuHotplugBlock
 from .firmware import PMBASE, make_firmware
 from .guest import Guest
+from . import microcode as ucode
 
 SMI_EN_PORT = PMBASE + hw.SMI_EN_OFFSET
 HP_LO = hw.CPUHP_BASE
@@ -30,8 +31,16 @@ _WHERE_CS_EIP = {
 
 
 class Machine:
-    def __init__(self, config, sem, profile, max_steps=500_000):
+    def __init__(self, config, sem, profile, max_steps=500_000, *, early_microcode=None,
+                 hypervisor_bit=None, platform_id=0):
         self.config = config
+        # microcode (harness.model.microcode): the early cpio / <Vendor>.bin the guest's
+        # loader sees, CPUID(1).ECX[31] (QEMU's "hypervisor" CPU property, on by
+        # default), and the platform id (MSR 0x17) of CPUs without a "platform-id" prop
+        self.early_microcode = early_microcode
+        self.hypervisor_bit = (ucode.hypervisor_bit(config.cpu_props)
+                               if hypervisor_bit is None else bool(hypervisor_bit))
+        self.platform_id = platform_id
         self.sem = sem
         self.profile = profile
         self.max_steps = max_steps
@@ -65,10 +74,17 @@ class Machine:
         if msg:
             raise Refused(msg)
         index = max((c.index for c in self.cpus), default=-1) + 1
-        ucode = props.get("ucode-rev", self.config.cpu_props.get("ucode-rev"))
-        ucode = parse_int(ucode) if ucode is not None else self.default_ucode
+        vendor, signature, default_ucode = ucode.identity(self.config.cpu_model,
+                                                          self.config.cpu_props, props)
+        if signature is None:
+            signature, default_ucode = self.signature, self.default_ucode
+        rev = props.get("ucode-rev", self.config.cpu_props.get("ucode-rev"))
+        rev = parse_int(rev) if rev is not None else default_ucode
+        pid = props.get("platform-id", self.config.cpu_props.get("platform-id"))
+        pid = parse_int(pid) if pid is not None else self.platform_id
         cpu = Cpu(index, apic_id=slot, slot=slot, sem=self.sem, mem=self.mem,
-                  is_bsp=(index == 0), ucode_rev=ucode, signature=self.signature)
+                  is_bsp=(index == 0), ucode_rev=rev, signature=signature,
+                  vendor=vendor, platform_id=pid)
         self.cpus.append(cpu)
         self.cpus.sort(key=lambda c: c.index)
         self.by_slot[slot] = cpu

@@ -19,6 +19,7 @@ from collections import deque
 
 from .. import hw
 from .cpu import HALT, STEP
+from .microcode import LinuxLoader
 
 TRAMPOLINE_VECTOR = 0x99       # the model's real-mode trampoline page (arbitrary, < 1 MiB)
 CALLIN_TIMEOUT = 2000          # micro-steps Linux waits for an AP (do_boot_cpu: 10 s)
@@ -28,6 +29,9 @@ HP = hw.CPUHP_BASE
 class Guest:
     def __init__(self, machine):
         self.m = machine
+        # early microcode loader (facts microcode §3.3): BSP at boot, APs when they start
+        self.ucode = LinuxLoader(getattr(machine, "early_microcode", None),
+                                 getattr(machine, "hypervisor_bit", True))
         self.reset()
 
     def reset(self):
@@ -40,6 +44,7 @@ class Guest:
         self.fw_unplugs = False       # CEJ0 lets the firmware eject
         self.notifications = []       # (slot, event) Notify()s the OS received
         self.errors = []
+        self.ucode.reset()
 
     # --- plumbing -------------------------------------------------------------------
     def post(self, cpu, task):
@@ -61,6 +66,7 @@ class Guest:
     def os_boot(self, bsp):
         m = self.m
         bsp.where = "os:boot"
+        self.ucode.boot_bsp(bsp)             # load_ucode_bsp, before any AP starts
         # ACPI tables as QEMU built them when the firmware downloaded them (after
         # negotiation)
         self.smi_upcall = m.lpc.smi_upcall
@@ -85,6 +91,7 @@ class Guest:
 
     def _trampoline(self, cpu):
         cpu.where = "os:start_secondary"
+        self.ucode.load_ap(cpu)              # cpu_init -> load_ucode_ap
         yield STEP
         self.online.add(cpu.index)
         self.want_dead.discard(cpu.index)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import firmware as fwmod
 from ..backend import Backend
-from ..errors import BackendError, ConfigError, Hang, QemuError, Refused
+from ..errors import BackendError, ConfigError, Hang, QemuCrashed, QemuError, Refused
 from ..machine import CpuPlug, MachineConfig
 from ..snapshot import Snapshot
 from . import process
@@ -138,8 +138,7 @@ class QemuBackend(Backend):
         if self.hung is not None:
             raise Hang(f"machine already hung: {self.hung.reason}", self.hung.diagnosis)
         if not self.vm.alive():
-            raise QemuError(f"QEMU exited (status {self.vm.proc.poll()}): "
-                            f"{self.vm.failure_text()}")
+            raise QemuCrashed(self.vm.proc.poll(), self.vm.failure_text())
 
     def _device_add(self, cpu: CpuPlug):
         slot = self.vm.slot_props(cpu.slot)
@@ -240,7 +239,8 @@ class QemuBackend(Backend):
         self._qmp("device_del", id=path)
         deadline = time.monotonic() + UNPLUG_TIMEOUT
         ev = self.vm.qmp.wait_event("DEVICE_DELETED", deadline,
-                                    match=lambda d: d.get("path") == path)
+                                    match=lambda d: d.get("path") == path,
+                                    alive=self.vm.alive)
         if ev is None:
             # still there: either the guest declined the eject or it hangs
             self._agent_run("true", timeout=10, what=f"guest stopped answering after "

@@ -93,15 +93,16 @@ class QmpSession:
         except Exception:
             pass
 
-    def wait_event(self, name, deadline, match=None):
-        """Wait for an event ``name`` (optionally with data matching ``match``)."""
+    def wait_event(self, name, deadline, match=None, alive=None):
+        """Wait for an event ``name`` (optionally with data matching ``match``); None at
+        the deadline or as soon as ``alive()`` says QEMU is gone."""
         while True:
             for i, ev in enumerate(self.events):
                 if ev.get("event") == name and (match is None or match(ev.get("data", {}))):
                     del self.events[: i + 1]
                     return ev
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or (alive is not None and not alive()):
                 return None
             try:
                 ev = self._qmp.pull_event(wait=float(min(left, 1.0)))
