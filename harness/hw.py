@@ -75,6 +75,19 @@ ESMRAMC_TSEG_8M = 0x2 << 1
 ESMRAMC_TSEG_EXT = 0x3 << 1
 ESMRAMC_T_EN = 1 << 0
 ESMRAMC_RESET = 0x38              # SM_CACHE | SM_L1 | SM_L2
+
+
+def tseg_size_bytes(esmramc, smram, ext_tseg_mbytes):
+    """TSEG size as q35 decodes it (hw/pci-host/q35.c mch_update_smram): zero unless
+    ESMRAMC.T_EN and SMRAM.G_SMRAME; 1/2/8 MiB by TSEG_SZ, else the extended size in
+    MiB (``None`` when that is unknown)."""
+    if not (esmramc & ESMRAMC_T_EN and smram & SMRAM_G_SMRAME):
+        return 0
+    fixed = {ESMRAMC_TSEG_1M: 1, ESMRAMC_TSEG_2M: 2, ESMRAMC_TSEG_8M: 8}
+    mib = fixed.get(esmramc & ESMRAMC_TSEG_SZ_MASK, ext_tseg_mbytes)
+    return None if mib is None else mib << 20
+
+
 MCH_TOLUD = 0xB0                  # 16-bit, bits 15:4 = address bits 31:20
 MCH_TSEGMB = 0xAC
 

@@ -418,22 +418,8 @@ def load(path) -> Scenario:
         raise ctx.err(sn, "steps", "expected a non-empty list of steps")
     steps = [_step(ctx, s, i + 1, machine) for i, s in enumerate(sn.value)]
     _check_order(ctx, steps)
-    accels = ("tcg", "kvm")
-    if "accel" in top:
-        n = top["accel"]
-        vals = n.value if isinstance(n, yaml.SequenceNode) else [n]
-        accels = tuple(_str(ctx, v, "accel") for v in vals)
-        for v, a in zip(vals, accels):
-            if a not in ("tcg", "kvm"):
-                raise ctx.err(v, "accel", f"unknown accelerator {a!r} (tcg or kvm)")
-    backends = ("qemu", "model")
-    if "backends" in top:
-        n = top["backends"]
-        vals = n.value if isinstance(n, yaml.SequenceNode) else [n]
-        backends = tuple(_str(ctx, v, "backends") for v in vals)
-        for v, b in zip(vals, backends):
-            if b not in ("qemu", "model"):
-                raise ctx.err(v, "backends", f"unknown backend {b!r} (qemu or model)")
+    accels = _choices(ctx, top, "accel", ("tcg", "kvm"), "accelerator")
+    backends = _choices(ctx, top, "backends", ("qemu", "model"), "backend")
     expect = {}
     if "expect" in top:
         en = top["expect"]
@@ -446,6 +432,19 @@ def load(path) -> Scenario:
                 expect[k] = _expectation(ctx, v, f"expect.{k}", len(steps))
     return Scenario(name=name, path=path, purpose=purpose, machine=machine, steps=steps,
                     accels=accels, expect=expect, backends=backends)
+
+
+def _choices(ctx, top, key, allowed, what):
+    """``key: one`` or ``key: [one, two]`` out of ``allowed``; all of them by default."""
+    if key not in top:
+        return allowed
+    n = top[key]
+    nodes = n.value if isinstance(n, yaml.SequenceNode) else [n]
+    values = tuple(_str(ctx, v, key) for v in nodes)
+    for v, name in zip(nodes, values):
+        if name not in allowed:
+            raise ctx.err(v, key, f"unknown {what} {name!r} ({' or '.join(allowed)})")
+    return values
 
 
 def _check_order(ctx, steps):

@@ -8,6 +8,16 @@ profile (e.g. ``{"smbase_stride": 0x1000}``, ``{"skip_known_apic_ids": False}``)
 commands from its own state (``nproc``, ``cat /sys/devices/system/cpu/online``,
 ``cat /sys/devices/system/cpu/present``, ``true``) and returns ``{"rc": 0, "output": ""}``
 for anything else (result key ``"modelled": False``).
+
+Microcode (:mod:`harness.model.microcode`): ``microcode_platform`` is what WRMSR 0x79
+does, "qemu" (ignored, the default unless ``semantics`` says otherwise) or "hardware"
+(validated, loaded when newer); ``early_microcode`` the bytes the guest's early loader
+finds (an early cpio / combined initrd, or a raw GenuineIntel.bin / AuthenticAMD.bin);
+``hypervisor_bit`` overrides CPUID(1).ECX[31] (default: on, unless the machine's
+``cpu_props`` say ``hypervisor=off``) — while it is on Linux loads nothing;
+``platform_id`` is MSR 0x17's platform id of CPUs without a ``platform-id`` prop.
+Snapshots report ``ucode_rev`` (raw MSR 0x8B), ``signature`` and, for CPUs the guest
+runs, ``guest_ucode_rev`` (the revision /proc/cpuinfo shows).
 """
 from __future__ import annotations
 
@@ -18,7 +28,10 @@ from ..errors import BackendError, ConfigError, Hang, Refused
 from ..machine import CpuPlug, MachineConfig
 from ..snapshot import CpuState, Snapshot, Tseg
 from .chipset import MSG_BOOT_CPU_UNPLUG, MSG_DEVICE_NOT_FOUND, MSG_LEGACY_UNPLUG
+from dataclasses import replace
+
 from .cpu import semantics as to_semantics
+from .microcode import PLATFORMS as UCODE_PLATFORMS, revision_of
 from .engine import Machine
 from .firmware import load_profile
 
@@ -39,8 +52,17 @@ class ModelBackend(Backend):
     name = "model"
 
     def __init__(self, semantics="tcg", firmware_dir=Path("firmware"), *,
-                 profile_overrides=None, max_steps=500_000):
+                 profile_overrides=None, max_steps=500_000, microcode_platform=None,
+                 early_microcode=None, hypervisor_bit=None, platform_id=0):
         self.sem = to_semantics(semantics)
+        if microcode_platform is not None:
+            if microcode_platform not in UCODE_PLATFORMS:
+                raise ConfigError(f"microcode_platform must be one of "
+                                  f"{', '.join(UCODE_PLATFORMS)}, got {microcode_platform!r}")
+            self.sem = replace(self.sem, wrmsr_ucode=microcode_platform)
+        self.early_microcode = bytes(early_microcode) if early_microcode else None
+        self.hypervisor_bit = hypervisor_bit
+        self.platform_id = platform_id
         self.firmware_dir = firmware_dir
         self.profile_overrides = dict(profile_overrides or {})
         self.max_steps = max_steps
@@ -73,7 +95,10 @@ class ModelBackend(Backend):
         self.profile = load_profile(self.firmware_dir, machine.firmware,
                                     self.profile_overrides)
         try:
-            self.m = Machine(machine, self.sem, self.profile, max_steps=self.max_steps)
+            self.m = Machine(machine, self.sem, self.profile, max_steps=self.max_steps,
+                             early_microcode=self.early_microcode,
+                             hypervisor_bit=self.hypervisor_bit,
+                             platform_id=self.platform_id)
         except Refused as e:
             raise ConfigError(f"bad topology: {e.message}") from None
         self.paused = paused
@@ -194,12 +219,15 @@ class ModelBackend(Backend):
         g = m.guest
         cpus = []
         for c in sorted(m.cpus, key=lambda c: c.index):
+            guest_rev = (revision_of(c.vendor, c.ucode_rev)
+                         if g.booted and c.index in g.online else None)
             cpus.append(CpuState(
                 index=c.index, apic_id=c.apic_id, smbase=c.smbase, in_smm=c.in_smm,
                 halted=m.cpu_halted(c), smi_count=c.smi_count, pending_smi=c.pending_smi,
                 pending_init=c.pending_init,
                 online=(c.index in g.online) if self.booted or g.booted else None,
-                qom_path=None, ucode_rev=c.ucode_rev, signature=c.signature))
+                qom_path=None, ucode_rev=c.ucode_rev, signature=c.signature,
+                guest_ucode_rev=guest_rev))
         regs = m.mch.registers()
         regs.update(m.lpc.registers())
         return Snapshot(cpus=cpus,

@@ -13,7 +13,6 @@ MSG_CPU_EXISTS = "CPU[{slot}] with APIC ID {apic} exists"
 MSG_SOCKET_RANGE = "Invalid CPU socket-id: {slot} must be in range 0:{last}"
 MSG_DEVICE_NOT_FOUND = "Device '{id}' not found"
 
-MIB = 1 << 20
 
 # fw_cfg file names (hw/isa/lpc_ich9.c)
 FWCFG_SUPPORTED = "etc/smi/supported-features"
@@ -122,16 +121,7 @@ class Mch:
     # --- TSEG ---------------------------------------------------------------------
     @property
     def tseg_size(self):
-        if not (self.esmramc & hw.ESMRAMC_T_EN and self.smram & hw.SMRAM_G_SMRAME):
-            return 0
-        sz = self.esmramc & hw.ESMRAMC_TSEG_SZ_MASK
-        if sz == hw.ESMRAMC_TSEG_1M:
-            return 1 * MIB
-        if sz == hw.ESMRAMC_TSEG_2M:
-            return 2 * MIB
-        if sz == hw.ESMRAMC_TSEG_8M:
-            return 8 * MIB
-        return self.ext_tseg_prop * MIB
+        return hw.tseg_size_bytes(self.esmramc, self.smram, self.ext_tseg_prop)
 
     @property
     def tseg_base(self):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import firmware as fwmod
 from ..backend import Backend
-from ..errors import BackendError, ConfigError, Hang, QemuCrashed, QemuError, Refused
+from ..errors import BackendError, Hang, QemuCrashed, QemuError, Refused
 from ..machine import CpuPlug, MachineConfig
 from ..snapshot import Snapshot
 from . import process
@@ -160,7 +160,7 @@ class QemuBackend(Backend):
         self._require_alive()
         try:
             rc, out = self.agent.run(command, timeout=timeout)
-        except Hang as e:
+        except Hang:
             raise self._hang(what or f"guest did not answer {command[:40]!r} within "
                              f"{timeout:.0f} s") from None
         return rc, out

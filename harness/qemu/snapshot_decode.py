@@ -42,7 +42,6 @@ from harness.snapshot import CpuState, Snapshot, Tseg
 MCH_SECTION = "0000:00:00.0/mch"
 LPC_SECTION = "0000:00:1f.0/ICH9LPC"
 
-_MIB = 1 << 20
 
 
 def _pci_config_field(sec):
@@ -124,19 +123,10 @@ def tseg_size(regs):
     esmramc, smram = regs.get("esmramc"), regs.get("smram")
     if esmramc is None or smram is None:
         return None
-    if not (esmramc & hw.ESMRAMC_T_EN) or not (smram & hw.SMRAM_G_SMRAME):
-        return 0
-    sz = esmramc & hw.ESMRAMC_TSEG_SZ_MASK
-    if sz == hw.ESMRAMC_TSEG_1M:
-        return 1 * _MIB
-    if sz == hw.ESMRAMC_TSEG_2M:
-        return 2 * _MIB
-    if sz == hw.ESMRAMC_TSEG_8M:
-        return 8 * _MIB
     ext = regs.get("ext_tseg_mbytes")
-    if ext is None or ext == hw.MCH_EXT_TSEG_QUERY:
-        return None          # the guest never queried: QEMU's size is not in the stream
-    return ext * _MIB
+    if ext == hw.MCH_EXT_TSEG_QUERY:
+        ext = None           # the guest never queried: QEMU's size is not in the stream
+    return hw.tseg_size_bytes(esmramc, smram, ext)
 
 
 def low_ram_top(stream, regs):

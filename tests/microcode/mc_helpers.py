@@ -3,7 +3,6 @@
 import argparse
 import shutil
 import struct
-import subprocess
 
 from harness.microcode.cli import register
 

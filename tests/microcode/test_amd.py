@@ -1,6 +1,5 @@
 """AMD containers built byte by byte: layout, verdicts, matching."""
 
-import struct
 
 import pytest
 

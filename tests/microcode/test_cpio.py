@@ -1,7 +1,6 @@
 """Early cpio writer, combined initrd and the kernel-style scan."""
 
 import gzip
-import struct
 import calendar
 import datetime
 

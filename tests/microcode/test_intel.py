@@ -1,6 +1,5 @@
 """Every verdict of the Intel parser on updates built byte by byte."""
 
-import struct
 
 import pytest
 
