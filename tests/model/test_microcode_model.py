@@ -10,9 +10,8 @@ from harness.checks import CheckContext, microcode_uniform
 from harness.errors import ConfigError
 from harness.machine import CpuPlug, MachineConfig
 from harness.microcode.cpio import build_early_cpio
-from harness.microcode.intel import build_update
+from harness.microcode.intel import build_update, parse_intel
 from harness.microcode.select import pack_intel
-from harness.microcode.intel import parse_intel
 from harness.model.backend import ModelBackend
 from harness.model.cpu import KVM, TCG, Cpu, Memory, cpuid_signature
 from harness.model.microcode import (INTEL, AMD, LinuxLoader, MicrocodeState, apply_update,
