@@ -26,8 +26,9 @@ class Backend(ABC):
         """Add a CPU before boot (only while paused)."""
 
     @abstractmethod
-    def boot(self) -> dict:
-        """Run the machine until the guest OS answers its console agent."""
+    def boot(self, timeout: float | None = None) -> dict:
+        """Run the machine until the guest OS answers its console agent (deadline in
+        seconds, or the backend's default)."""
 
     @abstractmethod
     def hotplug(self, cpu: CpuPlug) -> dict:

@@ -43,7 +43,20 @@ def _hex(v):
     return f"{v:#x}" if isinstance(v, int) else str(v)
 
 
+def _smbase_unknown(name, ctx):
+    """A verdict when the snapshot has no SMBASEs (taken without migration)."""
+    missing = [c.index for c in ctx.snapshot.cpus if c.smbase is None]
+    if not missing:
+        return None
+    return CheckResult(name, False, "every CPU's SMBASE", "unknown",
+                       f"this snapshot ({ctx.snapshot.source}) has no SMBASE for CPU "
+                       f"{', '.join(map(str, missing))}", missing)
+
+
 def smbase_relocated(ctx, arg):
+    unknown = _smbase_unknown("smbase_relocated", ctx)
+    if unknown:
+        return unknown
     bad = [c.index for c in ctx.snapshot.cpus if c.smbase == hw.DEFAULT_SMBASE]
     return CheckResult("smbase_relocated", not bad, "no CPU at SMBASE 0x30000",
                        {c.index: _hex(c.smbase) for c in ctx.snapshot.cpus},
@@ -52,6 +65,9 @@ def smbase_relocated(ctx, arg):
 
 
 def smbase_in_tseg(ctx, arg):
+    unknown = _smbase_unknown("smbase_in_tseg", ctx)
+    if unknown:
+        return unknown
     t = ctx.snapshot.tseg
     if t is None or not t.size:
         return CheckResult("smbase_in_tseg", False, "TSEG enabled", "no TSEG",
@@ -72,6 +88,9 @@ def smram_areas(smbase):
 
 
 def smbase_tiles_disjoint(ctx, arg):
+    unknown = _smbase_unknown("smbase_tiles_disjoint", ctx)
+    if unknown:
+        return unknown
     spans = sorted((lo, hi, c.index) for c in ctx.snapshot.cpus for lo, hi in
                    smram_areas(c.smbase))
     clashes = set()
@@ -123,6 +142,9 @@ def smi_delivered(ctx, arg):
 
 
 def smbase_unchanged(ctx, arg):
+    unknown = _smbase_unknown("smbase_unchanged", ctx)
+    if unknown:
+        return unknown
     if ctx.previous is None:
         return CheckResult("smbase_unchanged", False, "a snapshot before", "none",
                            "add a snapshot step earlier in the scenario", [])

@@ -43,6 +43,9 @@ def cmd_run(a):
         results = {}
         for b in backends:
             accel = resolve_accel(opts, b)
+            if b not in scn.backends:
+                print(f"SKIP {scn.name} [{b}]: not meant for the {b} backend")
+                continue
             if accel not in scn.accels:
                 print(f"SKIP {scn.name} [{b}]: runs only under {'/'.join(scn.accels)}")
                 continue

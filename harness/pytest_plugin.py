@@ -111,7 +111,8 @@ class ScenarioItem(pytest.Item):
         self.user_properties.append(("trace", str(result.trace_path)))
         if not result.met:
             raise ScenarioFailure(failure_report(result))
-        if opts.backend == "both" and self.backend == "qemu":
+        if opts.backend == "both" and self.backend == "qemu" \
+                and "model" in self.scenario.backends:
             self._compare(opts, accel, result)
 
     def _compare(self, opts, accel, qemu_result):

@@ -49,7 +49,8 @@ def judge(expect, outcome):
             (f": {extra}" if extra else "")
     if expect.step is not None and outcome.get("step") != expect.step:
         return False, f"expected {expect.outcome} at step {expect.step}, got it{where}"
-    if got in ("refused", "crash") and expect.message not in (outcome.get("message") or ""):
+    if got in ("refused", "crash") and expect.message and \
+            expect.message not in (outcome.get("message") or ""):
         return False, (f"refused with a different message: expected "
                        f"{expect.message!r}, got {outcome.get('message')!r}")
     if got == "hang":
@@ -85,7 +86,7 @@ class _Run:
         if op == "hotplug":
             return b.hotplug(plug_of(step)), None
         if op == "boot":
-            return b.boot(), None
+            return (b.boot(a["timeout"]) if "timeout" in a else b.boot()), None
         if op == "unplug":
             return b.unplug(a["slot"]), None
         if op == "online":

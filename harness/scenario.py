@@ -287,6 +287,10 @@ def _step(ctx, node, index, machine):
     k = f"{key}.{op}"
     line = node.start_mark.line + 1
     no_arg = val is None or (isinstance(val, yaml.ScalarNode) and val.value in ("", "~", "null"))
+    if op == "boot" and not no_arg:
+        m = _mapping(ctx, val, k, {"timeout"})
+        return Step(op, {"timeout": _number(ctx, m["timeout"], f"{k}.timeout", 1, 3600)}
+                    if "timeout" in m else {}, line)
     if op in ("boot", "snapshot", "reset"):
         if not no_arg:
             raise ctx.err(val, k, "takes no argument")
@@ -345,7 +349,7 @@ def _expectation(ctx, node, key, nsteps):
         if outcome not in OUTCOMES:
             raise ctx.err(node, key, f"unknown outcome {outcome!r} "
                           f"(known: {', '.join(OUTCOMES)})")
-        if outcome in ("refused", "fail", "crash"):
+        if outcome in ("refused", "fail"):
             raise ctx.err(node, key, f"outcome {outcome} needs details "
                           f"({'check' if outcome == 'fail' else 'message'})")
         return Expectation(outcome=outcome, line=node.start_mark.line + 1)
@@ -366,7 +370,7 @@ def _expectation(ctx, node, key, nsteps):
         e.step = _int(ctx, m["step"], f"{key}.step", 1, nsteps)
     if "message" in m:
         e.message = _str(ctx, m["message"], f"{key}.message")
-    if e.outcome in ("refused", "crash") and not e.message:
+    if e.outcome == "refused" and not e.message:
         raise ctx.err(node, f"{key}.message", "missing (QEMU's expected message)")
     if "in_smm" in m:
         e.in_smm = _int_list(ctx, m["in_smm"], f"{key}.in_smm")

@@ -47,6 +47,9 @@ class Snapshot:
     registers: dict = field(default_factory=dict)
     # {"requested": int, "negotiated": int, "ok": bool, "names": [...negotiated names]}
     smi_features: dict = field(default_factory=dict)
+    # how it was taken: "migration" (everything), "qmp" (no SMBASE/TSEG/registers; used
+    # where migrating would crash QEMU), "model"
+    source: str = "migration"
 
     def cpu(self, index):
         for c in self.cpus:
@@ -65,4 +68,5 @@ class Snapshot:
             tseg=Tseg(**tseg) if tseg else None,
             registers=dict(d.get("registers") or {}),
             smi_features=dict(d.get("smi_features") or {}),
+            source=d.get("source", "migration"),
         )

@@ -22,8 +22,8 @@ def run(tmp_path, name, backend, tag):
 
 
 def test_same_model_twice_agrees(tmp_path):
-    a = run(tmp_path, "coldplug-unplug-reset", ModelBackend("tcg"), "a")
-    b = run(tmp_path, "coldplug-unplug-reset", ModelBackend("tcg"), "b")
+    a = run(tmp_path, "unplug-coldplugged", ModelBackend("tcg"), "a")
+    b = run(tmp_path, "unplug-coldplugged", ModelBackend("tcg"), "b")
     assert a.met and b.met
     assert compare_traces(a.trace_path, b.trace_path) is None
 

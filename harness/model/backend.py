@@ -113,7 +113,7 @@ class ModelBackend(Backend):
         c, _ = m.device_add(cpu.slot, cpu.props, hotplug=True)   # QMP device_add in -S
         return self._cpu_result(c)
 
-    def boot(self) -> dict:
+    def boot(self, timeout=None) -> dict:
         m = self._machine()
         if m.stuck:
             raise Hang(*m.stuck)

@@ -33,6 +33,9 @@ class QmpSession:
         self.timeout = timeout
         self._qmp = None
         self.events = []
+        # called when a command fails for want of an answer: may raise a better error
+        # (QemuCrashed when the process died under us)
+        self.on_failure = None
 
     def _log(self, kind, obj):
         self.log.write(json.dumps({"t": round(time.time(), 3), kind: obj}, default=str) + "\n")
@@ -74,6 +77,8 @@ class QmpSession:
             raise QmpCommandError(command, e.error_class, str(e)) from None
         except (QMPError, OSError, TimeoutError, asyncio.TimeoutError, socket.timeout) as e:
             self._log("failure", repr(e))
+            if self.on_failure is not None:
+                self.on_failure()
             raise QemuError(f"QMP {command} failed: {e!r}") from None
         finally:
             self._drain_events()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pexpect.fdpexpect
 
 from .. import hw
-from ..errors import ConfigError, QemuError
+from ..errors import ConfigError, QemuCrashed, QemuError
 from ..machine import MachineConfig
 from . import process
 from .qmp import QmpSession
@@ -125,11 +125,20 @@ class QemuVM:
         try:
             self.qmp = QmpSession(p["qmp"], p["qmp_log"])
             self.qmp.connect(deadline, self.alive)
+            self.qmp.on_failure = self.raise_if_crashed
             self._connect_console(deadline)
         except QemuError:
             self.shutdown()
             raise QemuError(self.failure_text() or "QEMU did not start") from None
         return self
+
+    def raise_if_crashed(self, grace=3.0):
+        """QMP lost QEMU: if the process is exiting, say so with its own last words."""
+        try:
+            self.proc.wait(grace)
+        except Exception:
+            return
+        raise QemuCrashed(self.proc.returncode, self.failure_text())
 
     def failure_text(self):
         """QEMU's last stderr line, which is what it says when it refuses to start."""
