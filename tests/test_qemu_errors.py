@@ -86,10 +86,16 @@ def test_killed_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
                           "scenarios/boot-2-of-4.yaml", "--trace-dir", str(trace_dir)],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trace = trace_dir / "boot-2-of-4-qemu-tcg" / "trace.jsonl"
-    deadline = time.monotonic() + 60
+    # bounded, but generous: under `-n 2` the other worker boots VMs on the same 2 cores
+    deadline = time.monotonic() + 180
     while not (trace.exists() and qemu_pids(trace_dir)) and time.monotonic() < deadline:
+        if p.poll() is not None:
+            break
         time.sleep(0.1)
-    assert qemu_pids(trace_dir), "QEMU did not start"
+    if not qemu_pids(trace_dir):
+        p.kill()
+        out, err = p.communicate(timeout=30)
+        raise AssertionError(f"QEMU did not start (harness rc {p.returncode}): {err[-500:]}")
     time.sleep(1.0)
     p.send_signal(sig)
     out, err = p.communicate(timeout=30)
