@@ -79,11 +79,6 @@ def test_guest_that_never_boots_is_a_bounded_hang(tmp_path):
     assert not qemu_pids(tmp_path)
 
 
-# OPEN: passes alone, but under the CI's `-n 2` the harness subprocess exits 1 before
-# QEMU is seen (cause not yet found; its stdout holds the reason). Not strict, so it
-# reports XPASS when it works; to be fixed, not to stay.
-@pytest.mark.xfail(reason="harness subprocess exits 1 under -n 2 load: under investigation",
-                   strict=False)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_killed_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
     trace_dir = tmp_path / "traces"
@@ -128,3 +123,25 @@ def test_qemu_killed_under_the_harness_is_an_error_not_a_hang(tmp_path):
     finally:
         b.close()
     assert not qemu_pids(tmp_path)
+
+
+def test_long_run_directory_still_gets_qmp_and_console(tmp_path):
+    """UNIX socket paths are limited to 108 bytes; run directories are not."""
+    from harness import firmware
+    from harness.machine import MachineConfig
+    from harness.qemu import process
+    from harness.qemu.vm import QemuVM
+    run_dir = tmp_path / ("d" * 60) / ("e" * 60)
+    assert len(str(run_dir / "qmp.sock")) > 108
+    profile, images = firmware.resolve("ovmf-smm")
+    vm = QemuVM(binary=process.resolve_binary(), machine=MachineConfig(), firmware=images,
+                profile=profile, run_dir=run_dir, accel="tcg")
+    try:
+        vm.launch()
+        assert vm.qmp.cmd("query-status")["status"] == "prelaunch"
+        assert vm.console is not None
+        sock_dir = vm.sock_dir
+    finally:
+        vm.shutdown()
+    assert not sock_dir.exists()
+    assert (run_dir / "qmp.log").exists() and not qemu_pids(run_dir)

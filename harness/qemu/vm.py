@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..machine import MachineConfig
 from . import process
 from .qmp import QmpSession
 
+SOCK_PARENT = "/tmp" if os.path.isdir("/tmp") else None
 KERNEL_CMDLINE = "console=ttyS0 panic=0 quiet loglevel=3 nokaslr"
 
 
@@ -66,11 +68,15 @@ class QemuVM:
         self._console_sock = None
         self._console_log = None
         self.exitcode = None
+        # UNIX socket paths must fit in 108 bytes (sun_path), which a run directory deep
+        # in a pytest tmp tree or a user's --trace-dir easily exceeds: sockets live in a
+        # short private directory instead (as QEMU's python/qemu/machine does).
+        self.sock_dir = Path(tempfile.mkdtemp(prefix="smmh-", dir=SOCK_PARENT))
 
     # --- command line --------------------------------------------------------------
     def paths(self):
-        d = self.run_dir
-        return {"qmp": d / "qmp.sock", "console": d / "console.sock",
+        d, sock = self.run_dir, self.sock_dir
+        return {"qmp": sock / "qmp.sock", "console": sock / "console.sock",
                 "vars": d / "OVMF_VARS.fd", "stderr": d / "qemu-stderr.log",
                 "stdout": d / "qemu-stdout.log", "console_log": d / "console.log",
                 "qmp_log": d / "qmp.log", "debugcon": d / "firmware-debug.log"}
@@ -194,8 +200,7 @@ class QemuVM:
             self._console_sock = None
         if self._console_log is not None and not self._console_log.closed:
             self._console_log.close()
-        for k in ("qmp", "console"):
-            self.paths()[k].unlink(missing_ok=True)
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     def console_tail(self, lines=30):
         try:
