@@ -5,6 +5,7 @@ names the CPUs and values at fault, so a report reads like a firmware engineer's
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from . import hw
@@ -43,20 +44,22 @@ def _hex(v):
     return f"{v:#x}" if isinstance(v, int) else str(v)
 
 
-def _smbase_unknown(name, ctx):
-    """A verdict when the snapshot has no SMBASEs (taken without migration)."""
-    missing = [c.index for c in ctx.snapshot.cpus if c.smbase is None]
-    if not missing:
-        return None
-    return CheckResult(name, False, "every CPU's SMBASE", "unknown",
-                       f"this snapshot ({ctx.snapshot.source}) has no SMBASE for CPU "
-                       f"{', '.join(map(str, missing))}", missing)
+def needs_smbase(check):
+    """A check about SMBASEs fails, saying why, on a snapshot that has none (one taken
+    without migration): it must never pass vacuously."""
+    @functools.wraps(check)
+    def wrapper(ctx, arg):
+        missing = [c.index for c in ctx.snapshot.cpus if c.smbase is None]
+        if missing:
+            return CheckResult(check.__name__, False, "every CPU's SMBASE", "unknown",
+                               f"this snapshot ({ctx.snapshot.source}) has no SMBASE for "
+                               f"CPU {', '.join(map(str, missing))}", missing)
+        return check(ctx, arg)
+    return wrapper
 
 
+@needs_smbase
 def smbase_relocated(ctx, arg):
-    unknown = _smbase_unknown("smbase_relocated", ctx)
-    if unknown:
-        return unknown
     bad = [c.index for c in ctx.snapshot.cpus if c.smbase == hw.DEFAULT_SMBASE]
     return CheckResult("smbase_relocated", not bad, "no CPU at SMBASE 0x30000",
                        {c.index: _hex(c.smbase) for c in ctx.snapshot.cpus},
@@ -64,10 +67,8 @@ def smbase_relocated(ctx, arg):
                        if bad else "", bad)
 
 
+@needs_smbase
 def smbase_in_tseg(ctx, arg):
-    unknown = _smbase_unknown("smbase_in_tseg", ctx)
-    if unknown:
-        return unknown
     t = ctx.snapshot.tseg
     if t is None or not t.size:
         return CheckResult("smbase_in_tseg", False, "TSEG enabled", "no TSEG",
@@ -87,10 +88,8 @@ def smram_areas(smbase):
             (smbase + hw.SAVE_STATE_OFFSET, smbase + hw.SAVE_STATE_END)]
 
 
+@needs_smbase
 def smbase_tiles_disjoint(ctx, arg):
-    unknown = _smbase_unknown("smbase_tiles_disjoint", ctx)
-    if unknown:
-        return unknown
     spans = sorted((lo, hi, c.index) for c in ctx.snapshot.cpus for lo, hi in
                    smram_areas(c.smbase))
     clashes = set()
@@ -141,10 +140,8 @@ def smi_delivered(ctx, arg):
                        if bad else "", bad)
 
 
+@needs_smbase
 def smbase_unchanged(ctx, arg):
-    unknown = _smbase_unknown("smbase_unchanged", ctx)
-    if unknown:
-        return unknown
     if ctx.previous is None:
         return CheckResult("smbase_unchanged", False, "a snapshot before", "none",
                            "add a snapshot step earlier in the scenario", [])

@@ -40,19 +40,28 @@ def _err_kind(step):
     return (step.get("error") or {}).get("kind")
 
 
-def _compare_snapshots(a, b):
-    """(field, cpu, a_value, b_value) of the first difference, or None."""
+def _cpu_field_diff(a, b, fields):
+    """(field, cpu, a_value, b_value) of the first per-CPU difference among CPUs both
+    sides have, skipping values one side does not know (None)."""
     ca = {c["index"]: c for c in a.get("cpus", [])}
     cb = {c["index"]: c for c in b.get("cpus", [])}
-    if sorted(ca) != sorted(cb):
-        return ("cpus", None, sorted(ca), sorted(cb))
-    for i in sorted(ca):
-        for f in CPU_FIELDS:
+    for i in sorted(set(ca) & set(cb)):
+        for f in fields:
             va, vb = ca[i].get(f), cb[i].get(f)
-            if va is None or vb is None:
-                continue
-            if va != vb:
+            if va is not None and vb is not None and va != vb:
                 return (f, i, va, vb)
+    return None
+
+
+def _compare_snapshots(a, b):
+    """(field, cpu, a_value, b_value) of the first difference, or None."""
+    ia = sorted(c["index"] for c in a.get("cpus", []))
+    ib = sorted(c["index"] for c in b.get("cpus", []))
+    if ia != ib:
+        return ("cpus", None, ia, ib)
+    d = _cpu_field_diff(a, b, CPU_FIELDS)
+    if d:
+        return d
     ta, tb = a.get("tseg"), b.get("tseg")
     if ta and tb:
         for f in ("base", "size", "locked"):
@@ -73,19 +82,8 @@ def _hang_snapshot(step):
     return {"cpus": diag["cpus"]} if diag.get("cpus") else None
 
 
+# in a hang, halted matters too: it is part of the signature
 HANG_CPU_FIELDS = ("apic_id", "smbase", "in_smm", "halted")
-
-
-def _compare_hang_cpus(a, b):
-    """In a hang, halted matters too: it is part of the signature."""
-    ca = {c["index"]: c for c in a.get("cpus", [])}
-    cb = {c["index"]: c for c in b.get("cpus", [])}
-    for i in sorted(set(ca) & set(cb)):
-        for f in HANG_CPU_FIELDS:
-            va, vb = ca[i].get(f), cb[i].get(f)
-            if va is not None and vb is not None and va != vb:
-                return (f, i, va, vb)
-    return None
 
 
 def compare_traces(path_a, path_b):
@@ -117,7 +115,7 @@ def compare_traces(path_a, path_b):
                 if va != vb:
                     return div(x, f"hang.{f}", None, va, vb, snap_a, snap_b)
             if snap_a and snap_b:
-                d = _compare_hang_cpus(snap_a, snap_b)
+                d = _cpu_field_diff(snap_a, snap_b, HANG_CPU_FIELDS)
                 if d:
                     return div(x, d[0], d[1], d[2], d[3], snap_a, snap_b)
         if ka == "check":

@@ -80,3 +80,13 @@ def test_counts_features_lock_microcode():
     assert not r.passed and r.cpus == [2]
     assert check("microcode_revision", snap(1, 2, ucode=[5, 5]), 5).passed
     assert check("microcode_revision", s, 5).cpus == [2]
+
+
+def test_smbase_checks_fail_on_a_snapshot_without_smbases():
+    s = snap(None, None)
+    s.source = "qmp"
+    for name in ("smbase_relocated", "smbase_in_tseg", "smbase_tiles_disjoint",
+                 "smbase_unchanged"):
+        r = check(name, s, previous=snap(1, 2))
+        assert (r.name, r.passed, r.observed, r.cpus) == (name, False, "unknown", [0, 1])
+        assert r.detail == "this snapshot (qmp) has no SMBASE for CPU 0, 1"
