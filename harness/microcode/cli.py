@@ -13,7 +13,6 @@ Output lines mimic ``iucode_tool -l``:
 001 is the file number on the command line and 002 the record number in it.
 """
 
-import argparse
 import json
 import os
 import sys

@@ -236,7 +236,7 @@ def _check_record(data, pos, strict, source):
     if ext_len:
         if ext_len < EXT_HEADER_SIZE or (ext_len - EXT_HEADER_SIZE) % EXT_ENTRY_SIZE:
             bad(OFF_TOTALSIZE, "extended signature table size",
-                f"0 or 20 + 12*n bytes after the data", f"{ext_len} bytes")
+                "0 or 20 + 12*n bytes after the data", f"{ext_len} bytes")
         else:
             count, ext_cksum = EXT_HEADER_FMT.unpack_from(data, ext_off)
             want = EXT_HEADER_SIZE + EXT_ENTRY_SIZE * count

@@ -204,7 +204,7 @@ class Ovmf:
             yield HALT
 
     def _pei_smram(self, bsp):
-        m, mch = self.m, self.m.mch
+        mch = self.m.mch
         # Q35TsegMbytesInitialization
         mch.write(hw.MCH_EXT_TSEG_MBYTES, hw.MCH_EXT_TSEG_QUERY)
         yield STEP

@@ -32,7 +32,6 @@ class QmpSession:
         self.log = open(log_path, "a", encoding="utf-8")
         self.timeout = timeout
         self._qmp = None
-        self.events = []
         # called when a command fails for want of an answer: may raise a better error
         # (QemuCrashed when the process died under us)
         self.on_failure = None
@@ -94,28 +93,8 @@ class QmpSession:
         try:
             for ev in self._qmp.get_events(wait=False):
                 self._log("event", ev)
-                self.events.append(ev)
         except Exception:
             pass
-
-    def wait_event(self, name, deadline, match=None, alive=None):
-        """Wait for an event ``name`` (optionally with data matching ``match``); None at
-        the deadline or as soon as ``alive()`` says QEMU is gone."""
-        while True:
-            for i, ev in enumerate(self.events):
-                if ev.get("event") == name and (match is None or match(ev.get("data", {}))):
-                    del self.events[: i + 1]
-                    return ev
-            left = deadline - time.monotonic()
-            if left <= 0 or (alive is not None and not alive()):
-                return None
-            try:
-                ev = self._qmp.pull_event(wait=float(min(left, 1.0)))
-                if ev:
-                    self._log("event", ev)
-                    self.events.append(ev)
-            except (QMPError, TimeoutError, asyncio.TimeoutError, socket.timeout, OSError):
-                pass
 
     def close(self):
         if self._qmp is not None:

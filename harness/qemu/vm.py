@@ -120,8 +120,6 @@ class QemuVM:
         QEMU's own stderr when it refuses to start."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         p = self.paths()
-        for k in ("qmp", "console"):
-            p[k].unlink(missing_ok=True)
         shutil.copyfile(self.firmware.vars_template, p["vars"])
         (self.run_dir / "qemu-cmdline.txt").write_text(
             " ".join(self.command_line()) + "\n")

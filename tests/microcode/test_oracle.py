@@ -12,7 +12,7 @@ import pytest
 from harness.microcode.amd import build_container, build_patch, conventional_equiv_id
 from harness.microcode.cpio import build_early_cpio
 from harness.microcode.intel import (
-    DEFAULT_DATA_SIZE, EXT_HEADER_SIZE, HEADER_SIZE, build_update, parse_intel, recompute_checksums,
+    EXT_HEADER_SIZE, HEADER_SIZE, build_update, parse_intel, recompute_checksums,
 )
 from harness.microcode.select import iucode_select
 
