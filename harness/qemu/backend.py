@@ -30,6 +30,10 @@ HOTPLUG_TIMEOUT = 30.0
 AGENT_PROBE = 4.0          # an unanswered agent probe makes us look at the CPUs
 UNPLUG_TIMEOUT = 30.0
 MIGRATE_TIMEOUT = 60.0
+# A CPU caught in SMM may just be servicing a legitimate SMI (an EFI variable call,
+# another CPU's 0xB2 write): "left in SMM" means still there after this long.
+SMM_SETTLE = 2.0
+SMM_SETTLE_POLL = 0.25
 MIGRATE_AFTER_UNPLUG = os.environ.get("SMM_HARNESS_MIGRATE_AFTER_UNPLUG") == "1"
 # Agent snippet: one line per Linux CPU: "<n> <ACPI path> <online>"; then /proc/cpuinfo.
 CPU_LIST_CMD = (
@@ -376,11 +380,20 @@ class QemuBackend(Backend):
         return snap
 
     def snapshot(self) -> Snapshot:
+        """The machine's state; taken again (for up to SMM_SETTLE s) while a CPU is in
+        SMM, unless the machine is known to hang, so that a snapshot shows CPUs left
+        in SMM rather than ones passing through it."""
         self._require_alive()
-        if self.unplugged and not MIGRATE_AFTER_UNPLUG:
-            return self._enrich(self._qmp_snapshot())
-        snap, _ = self._migrate_snapshot()
-        return self._enrich(snap)
+        deadline = time.monotonic() + SMM_SETTLE
+        while True:
+            if self.unplugged and not MIGRATE_AFTER_UNPLUG:
+                snap = self._qmp_snapshot()
+            else:
+                snap, _ = self._migrate_snapshot()
+            if (self.hung is not None or not any(c.in_smm for c in snap.cpus)
+                    or time.monotonic() >= deadline):
+                return self._enrich(snap)
+            time.sleep(SMM_SETTLE_POLL)
 
     def _qmp_snapshot(self) -> Snapshot:
         """Per CPU: index, APIC id, in SMM, halted, from query-cpus-fast and HMP."""
