@@ -82,9 +82,12 @@ def test_guest_that_never_boots_is_a_bounded_hang(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_killed_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
     trace_dir = tmp_path / "traces"
+    # As from a terminal: a CI runner that starts jobs in the background hands them
+    # SIGINT ignored (POSIX shells do that for `&`), and Python then keeps it ignored.
     p = subprocess.Popen([sys.executable, "-m", "harness", "run",
                           "scenarios/boot-2-of-4.yaml", "--trace-dir", str(trace_dir)],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     trace = trace_dir / "boot-2-of-4-qemu-tcg" / "trace.jsonl"
     # bounded, but generous: under `-n 2` the other worker boots VMs on the same 2 cores
     deadline = time.monotonic() + 180
@@ -100,7 +103,7 @@ def test_killed_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
     time.sleep(1.0)
     p.send_signal(sig)
     out, err = p.communicate(timeout=30)
-    assert p.returncode == 130, err
+    assert p.returncode == 130, (out, err)
     assert "Traceback" not in err
     assert not qemu_pids(trace_dir)
     lines = trace.read_text().splitlines()
