@@ -16,6 +16,7 @@ import pytest
 
 from harness.errors import BackendError, Hang
 from harness.qemu.agent import GuestAgent
+from harness.qemu.process import spawn
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT = REPO / "images" / "agent.sh"
@@ -59,8 +60,7 @@ def booted_vm(kernel, initrd, cmdline, smp="2,maxcpus=4", mem="512", ready_timeo
     sock = None
     try:
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = t0 + 10
         while True:
             if proc.poll() is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.qemu.hmp_diag import info_registers, parse_info_registers, summary
+from harness.qemu.process import spawn
 
 DATA = Path(__file__).parent / "data"
 QEMU = shutil.which("qemu-system-x86_64")
@@ -73,7 +74,7 @@ def test_live_info_registers(tmp_path):
     shutil.copyfile(OVMF_VARS, vars_fd)
     sock = tmp_path / "qmp.sock"
     log = open(tmp_path / "qemu.log", "wb")
-    proc = subprocess.Popen(
+    proc = spawn(
         [QEMU, "-machine", "q35,smm=on", "-accel", "tcg",
          "-global", "driver=cfi.pflash01,property=secure,value=on",
          "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_SMM_CODE}",
@@ -81,7 +82,7 @@ def test_live_info_registers(tmp_path):
          "-cpu", "qemu64", "-smp", "2,maxcpus=4", "-m", "512", "-vga", "none",
          "-display", "none", "-serial", "none", "-net", "none", "-no-reboot",
          "-qmp", f"unix:{sock},server=on,wait=off"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        stdout=log, stderr=subprocess.STDOUT)
     qmp = None
     try:
         deadline = time.monotonic() + 15

@@ -18,6 +18,7 @@ from harness import hw
 from harness.errors import BackendError
 from harness.qemu import migstream as ms
 from harness.qemu.migstream import parse_stream
+from harness.qemu.process import spawn
 from harness.qemu.snapshot_decode import decode_snapshot
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -240,8 +241,7 @@ class Vm:
         if paused:
             args.append("-S")
         self.log = open(self.dir / "qemu.log", "wb")
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = spawn(args, stdout=self.log, stderr=subprocess.STDOUT)
         self.qmp = None
         try:
             deadline = time.monotonic() + 15

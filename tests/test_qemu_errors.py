@@ -4,6 +4,7 @@ These boot (or try to boot) real QEMU; the behaviour checks of booted machines a
 scenarios in scenarios/, which the test command runs on QEMU and on the model.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,14 +80,12 @@ def test_guest_that_never_boots_is_a_bounded_hang(tmp_path):
     assert not qemu_pids(tmp_path)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_killed_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
-    trace_dir = tmp_path / "traces"
+def _start_then_signal(argv, trace_dir, sig):
+    """Start a harness run, send ``sig`` once its QEMU runs; (rc, stdout, stderr)."""
     # As from a terminal: a CI runner that starts jobs in the background hands them
     # SIGINT ignored (POSIX shells do that for `&`), and Python then keeps it ignored.
-    p = subprocess.Popen([sys.executable, "-m", "harness", "run",
-                          "scenarios/boot-2-of-4.yaml", "--trace-dir", str(trace_dir)],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     trace = trace_dir / "boot-2-of-4-qemu-tcg" / "trace.jsonl"
     # bounded, but generous: under `-n 2` the other worker boots VMs on the same 2 cores
@@ -103,13 +102,40 @@ def test_killed_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
     time.sleep(1.0)
     p.send_signal(sig)
     out, err = p.communicate(timeout=30)
-    assert p.returncode == 130, (out, err)
-    assert "Traceback" not in err
+    return p.returncode, out, err
+
+
+def _assert_interrupted_trace_kept(trace_dir):
     assert not qemu_pids(trace_dir)
-    lines = trace.read_text().splitlines()
+    run = trace_dir / "boot-2-of-4-qemu-tcg"
+    lines = (run / "trace.jsonl").read_text().splitlines()
     assert '"type": "header"' in lines[0]
     assert '"type": "end"' in lines[-1] and "run interrupted" in lines[-1]
-    assert (trace_dir / "boot-2-of-4-qemu-tcg" / "qmp.log").exists()
+    assert (run / "qmp.log").exists() and (run / "console.log").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killed_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
+    trace_dir = tmp_path / "traces"
+    rc, out, err = _start_then_signal(
+        [sys.executable, "-m", "harness", "run", "scenarios/boot-2-of-4.yaml",
+         "--trace-dir", str(trace_dir)], trace_dir, sig)
+    assert rc == 130, (out, err)
+    assert "Traceback" not in err
+    _assert_interrupted_trace_kept(trace_dir)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killed_pytest_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
+    trace_dir = tmp_path / "traces"
+    rc, out, err = _start_then_signal(
+        [sys.executable, "-m", "pytest", "scenarios/boot-2-of-4.yaml", "--backend", "qemu",
+         "--trace-dir", str(trace_dir), "-p", "no:cacheprovider", "-p", "no:xdist", "-q"],
+        trace_dir, sig)
+    assert rc == pytest.ExitCode.INTERRUPTED, (out, err)
+    assert re.search(r"!{5} (KeyboardInterrupt|harness.qemu.process.Terminated: "
+                     r"terminated by signal 15) !{5}", out), out
+    _assert_interrupted_trace_kept(trace_dir)
 
 
 def test_qemu_killed_under_the_harness_is_an_error_not_a_hang(tmp_path):
