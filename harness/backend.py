@@ -35,8 +35,10 @@ class Backend(ABC):
         """device_add a CPU while the guest runs, then let the guest handle it."""
 
     @abstractmethod
-    def unplug(self, slot: int) -> dict:
-        """device_del the CPU in ``slot`` and wait until it is gone (or raise)."""
+    def unplug(self, slot: int, timeout: float | None = None) -> dict:
+        """device_del the CPU in ``slot`` and wait (``timeout`` s at most, None for the
+        backend's default) until it is gone; raise ``NotRemoved`` if it is still there
+        while the guest answers, ``Hang`` if the guest stopped answering."""
 
     @abstractmethod
     def online(self, slot: int) -> dict:

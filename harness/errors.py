@@ -46,6 +46,19 @@ class Refused(BackendError):
         super().__init__(f"refused: {message}")
 
 
+class NotRemoved(BackendError):
+    """``device_del`` was accepted but the CPU is still in its slot after the deadline,
+    while the guest still answers: the unplug request was lost or declined somewhere
+    between QEMU, the guest's ACPI code and the firmware. ``diagnosis`` says where."""
+
+    def __init__(self, slot, waited, diagnosis=None):
+        self.slot, self.waited = slot, waited
+        self.diagnosis = diagnosis or {}
+        why = self.diagnosis.get("why")
+        super().__init__(f"CPU in slot {slot} not removed within {waited:g} s of device_del"
+                         + (f": {why}" if why else ""))
+
+
 class Hang(BackendError):
     """The guest or firmware stopped making progress within a deadline.
 

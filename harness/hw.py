@@ -53,6 +53,13 @@ SMI_FEATURE_PROPERTIES = {
     "cpu_hotunplug": "x-smi-cpu-hotunplug",
 }
 
+# --- ACPI interrupt path of the CPU hot-plug event --------------------------------
+# QEMU hw/acpi/cpu.c: acpi_send_event(ACPI_CPU_HOTPLUG_STATUS = 4) sets GPE0 status
+# bit 2, handled by \_GPE._E02; hw/isa/lpc_ich9.c routes the ICH9 SCI to GSI 9, level
+# triggered (the FADT's SCI_INT).
+CPU_HOTPLUG_GPE_BIT = 2
+SCI_GSI = 9
+
 # --- Q35 MCH host bridge config space (include/hw/pci-host/q35.h) ------------------
 MCH_EXT_TSEG_MBYTES = 0x50        # 16-bit; 0xFFFF = query
 MCH_EXT_TSEG_QUERY = 0xFFFF

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .checks import CheckContext, run_check
-from .errors import BackendError, HarnessError, Hang, QemuCrashed, Refused
+from .errors import BackendError, HarnessError, Hang, NotRemoved, QemuCrashed, Refused
 from .scenario import Scenario, plug_of
 from .trace import TraceWriter
 
@@ -49,10 +49,10 @@ def judge(expect, outcome):
             (f": {extra}" if extra else "")
     if expect.step is not None and outcome.get("step") != expect.step:
         return False, f"expected {expect.outcome} at step {expect.step}, got it{where}"
-    if got in ("refused", "crash") and expect.message and \
+    if got in ("refused", "crash", "fail") and expect.message and \
             expect.message not in (outcome.get("message") or ""):
-        return False, (f"refused with a different message: expected "
-                       f"{expect.message!r}, got {outcome.get('message')!r}")
+        return False, (f"{got} with a different message: expected "
+                       f"{expect.message!r} in it, got {outcome.get('message')!r}")
     if got == "hang":
         sig = outcome.get("signature") or {}
         for key in ("in_smm", "halted"):
@@ -88,7 +88,19 @@ class _Run:
         if op == "boot":
             return (b.boot(a["timeout"]) if "timeout" in a else b.boot()), None
         if op == "unplug":
-            return b.unplug(a["slot"]), None
+            try:
+                return b.unplug(a["slot"], a.get("timeout")), None
+            except NotRemoved as e:
+                # the unplug's own verdict, so a known lost unplug is an expected `fail`
+                # whose diagnosis (`message`) is checked like any other signature
+                snap, _ = self.take_snapshot()
+                raise _CheckFailed([{
+                    "name": "cpu_removed", "passed": False,
+                    "expected": f"slot {e.slot} empty within {e.waited:g} s",
+                    "observed": f"CPU still in slot {e.slot}",
+                    "detail": e.diagnosis.get("why") or "the CPU was not ejected",
+                    "cpus": [], "diagnosis": e.diagnosis}], {"removed": None}, snap) \
+                    from None
         if op == "online":
             return b.online(a["slot"]), None
         if op == "offline":

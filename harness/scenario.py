@@ -26,6 +26,9 @@ CHECKS = {
     "cpus_present": "int", "cpus_online": "int", "tseg_locked": None,
     "guest_alive": None, "microcode_uniform": None, "microcode_revision": "int",
 }
+# Verdicts of steps other than `check`, which a `fail` expectation may name too.
+STEP_VERDICTS = {"guest": "a guest step's exit status or output",
+                 "cpu_removed": "an unplug step's CPU still in its slot"}
 MEMORY_RE = re.compile(r"^(\d+)\s*([MG])i?B?$", re.I)
 
 
@@ -299,6 +302,14 @@ def _step(ctx, node, index, machine):
         raise ctx.err(node, k, "needs an argument")
     if op in ("coldplug", "hotplug"):
         return Step(op, _cpu_plug(ctx, val, k, machine), line)
+    if op == "unplug" and not isinstance(val, yaml.ScalarNode):
+        m = _mapping(ctx, val, k, {"slot", "timeout"})
+        if "slot" not in m:
+            raise ctx.err(val, f"{k}.slot", "missing (which CPU slot to unplug)")
+        args = {"slot": _slot(ctx, m["slot"], f"{k}.slot", machine)}
+        if "timeout" in m:
+            args["timeout"] = _number(ctx, m["timeout"], f"{k}.timeout", 1, 3600)
+        return Step(op, args, line)
     if op in ("unplug", "online", "offline"):
         return Step(op, {"slot": _slot(ctx, val, k, machine)}, line)
     if op == "smi":
@@ -362,7 +373,8 @@ def _expectation(ctx, node, key, nsteps):
         raise ctx.err(m["outcome"], f"{key}.outcome", f"unknown outcome {e.outcome!r} "
                       f"(known: {', '.join(OUTCOMES)})")
     allowed = {"pass": set(), "refused": {"step", "message"}, "crash": {"step", "message"},
-               "hang": {"step", "in_smm", "halted"}, "fail": {"step", "check"}}[e.outcome]
+               "hang": {"step", "in_smm", "halted"},
+               "fail": {"step", "check", "message"}}[e.outcome]
     for k, v in m.items():
         if k != "outcome" and k not in allowed:
             raise ctx.err(v, f"{key}.{k}", f"not used with outcome {e.outcome}")
@@ -378,7 +390,7 @@ def _expectation(ctx, node, key, nsteps):
         e.halted = _int_list(ctx, m["halted"], f"{key}.halted")
     if "check" in m:
         e.check = _str(ctx, m["check"], f"{key}.check")
-        if e.check not in CHECKS:
+        if e.check not in CHECKS and e.check not in STEP_VERDICTS:
             raise ctx.err(m["check"], f"{key}.check", f"unknown check {e.check!r}")
     if e.outcome == "fail" and not e.check:
         raise ctx.err(node, f"{key}.check", "missing (which check is expected to fail)")
@@ -481,4 +493,5 @@ def plug_of(step) -> CpuPlug:
     return CpuPlug(slot=step.args["slot"], props=dict(step.args.get("props") or {}))
 
 
-__all__ = ["Scenario", "Step", "Expectation", "load", "discover", "ACCELS", "CHECKS"]
+__all__ = ["Scenario", "Step", "Expectation", "load", "discover", "ACCELS", "CHECKS",
+           "STEP_VERDICTS"]

@@ -61,6 +61,25 @@ expect:
     assert s.needs_paused_start
 
 
+def test_unplug_timeout_and_expected_unplug_verdict(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("""\
+purpose: p
+machine: {cpus: 1, maxcpus: 3}
+steps:
+  - coldplug: 2
+  - boot
+  - unplug: 2
+  - unplug: {slot: 1, timeout: 7.5}
+expect: {outcome: fail, step: 4, check: cpu_removed, message: Remote IRR}
+""")
+    s = scenario.load(f)
+    assert s.steps[2].args == {"slot": 2}
+    assert s.steps[3].args == {"slot": 1, "timeout": 7.5}
+    e = s.expectation("tcg")
+    assert (e.outcome, e.step, e.check, e.message) == ("fail", 4, "cpu_removed", "Remote IRR")
+
+
 def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(ScenarioError) as e:
         scenario.load(tmp_path / "nope.yaml")

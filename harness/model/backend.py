@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..backend import Backend
-from ..errors import BackendError, ConfigError, Hang, Refused
+from ..errors import BackendError, ConfigError, Hang, NotRemoved, Refused
 from ..machine import CpuPlug, MachineConfig
 from ..snapshot import CpuState, Snapshot, Tseg
 from .chipset import MSG_BOOT_CPU_UNPLUG, MSG_DEVICE_NOT_FOUND, MSG_LEGACY_UNPLUG
@@ -135,7 +135,7 @@ class ModelBackend(Backend):
         m.run()
         return self._cpu_result(c)
 
-    def unplug(self, slot: int) -> dict:
+    def unplug(self, slot: int, timeout: float | None = None) -> dict:
         m = self._running("unplug")
         cpu = m.by_slot.get(slot)
         if slot == 0 and cpu is not None:
@@ -152,9 +152,10 @@ class ModelBackend(Backend):
             m.gpe_sts = True
             m.guest.gpe()
         m.run()
-        if slot in m.by_slot:
-            raise Hang(f"device_del of slot {slot}: the CPU was never removed "
-                       "(no DEVICE_DELETED)", m.diagnosis("device_del did not complete"))
+        if slot in m.by_slot:      # the machine is quiescent: nobody will eject it now
+            raise NotRemoved(slot, timeout or 0, {
+                "slot": slot, "why": "the guest did not eject the CPU",
+                **m.diagnosis("device_del did not complete")})
         return {"index": index, "apic_id": slot, "removed": True}
 
     def _guest_op(self, what, task_factory, slot):

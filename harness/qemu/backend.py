@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from .. import firmware as fwmod
+from .. import hw
 from ..backend import Backend
-from ..errors import BackendError, Hang, QemuCrashed, QemuError, Refused
+from ..errors import BackendError, Hang, NotRemoved, QemuCrashed, QemuError, Refused
 from ..machine import CpuPlug, MachineConfig
 from ..snapshot import Snapshot
 from . import process
@@ -239,8 +240,9 @@ class QemuBackend(Backend):
                 return False
         return True
 
-    def unplug(self, slot: int) -> dict:
+    def unplug(self, slot: int, timeout: float | None = None) -> dict:
         self._require_alive()
+        timeout = timeout or UNPLUG_TIMEOUT
         info = self.vm.slot_props(slot)
         path = info.get("qom-path")
         if not path:
@@ -249,18 +251,54 @@ class QemuBackend(Backend):
         self.unplugged = True
         # QEMU 7.2 emits DEVICE_DELETED only for the CPU's lapic child, not for the CPU
         # itself: the slot losing its qom-path is what says the CPU is gone.
-        deadline = time.monotonic() + UNPLUG_TIMEOUT
+        deadline = time.monotonic() + timeout
         while "qom-path" in self.vm.slot_props(slot):
             if not self.vm.alive():
                 self._require_alive()
             if time.monotonic() > deadline:
-                # still there: either the guest declined the eject or it hangs
+                # still there: the guest hangs, or declined, or never heard of it
                 self._agent_run("true", timeout=10, what=f"guest stopped answering after "
                                 f"device_del of slot {slot}")
-                raise BackendError(f"CPU in slot {slot} was not removed within "
-                                   f"{UNPLUG_TIMEOUT:.0f} s (the guest did not eject it)")
+                raise NotRemoved(slot, timeout, self._unplug_diagnosis(slot))
             time.sleep(0.1)
         return {"removed": path}
+
+    def _unplug_diagnosis(self, slot) -> dict:
+        """Why an unplug request got nowhere: the guest's view of the CPU hot-plug GPE
+        and the SCI, and where the SCI is between IOAPIC and local APICs. Kept in
+        ``unplug-<slot>/`` of the run directory; best effort, never a new failure."""
+        from .irq_diag import lost_sci, parse_ioapic, parse_lapic
+        bundle = self.vm.run_dir / f"unplug-{slot}"
+        bundle.mkdir(exist_ok=True)
+        d = {"slot": slot}
+        try:
+            gpe = f"/sys/firmware/acpi/interrupts/gpe{hw.CPU_HOTPLUG_GPE_BIT:02X}"
+            rc, out = self._agent_run(f"cat {gpe} /sys/firmware/acpi/interrupts/sci",
+                                      timeout=10, what="guest stopped answering")
+            lines = out.split("\n")
+            d["guest_gpe"] = lines[0].strip() if lines else ""
+            d["guest_sci_count"] = lines[1].strip() if len(lines) > 1 else ""
+            pic = self.vm.qmp.hmp("info pic")
+            cpus = self.vm.qmp.cmd("query-cpus-fast")
+            apic_ids = [c["props"].get("socket-id") for c in cpus]
+            lapics = []
+            for a in apic_ids:
+                text = self.vm.qmp.hmp(f"info lapic {a}")
+                (bundle / f"info-lapic-{a}.txt").write_text(text)
+                lapics.append(parse_lapic(text))
+            (bundle / "info-pic.txt").write_text(pic)
+            d["ioapic_remote_irr"] = parse_ioapic(pic)["remote_irr"]
+            lost = lost_sci(parse_ioapic(pic), lapics, apic_ids)
+            if lost:
+                d["lost_sci"] = lost
+                d["why"] = lost["text"]
+            elif "STS" not in d["guest_gpe"].split():
+                d["why"] = ("the guest handled the hot-plug GPE but did not eject the CPU "
+                            f"(gpe{hw.CPU_HOTPLUG_GPE_BIT:02X}: {d['guest_gpe']})")
+        except Exception as e:             # diagnosis is best effort
+            d["error"] = f"{type(e).__name__}: {e}"
+        (bundle / "diagnosis.json").write_text(json.dumps(d, indent=2, default=str))
+        return d
 
     def _set_online(self, slot, value):
         cpus = self.guest_cpus()
