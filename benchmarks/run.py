@@ -1,11 +1,14 @@
 """Benchmarks, printed as one JSON object. Speed is measured here, not in timed tests.
 
-    .venv/bin/python benchmarks/run.py [--runs 3] [--only boot,scenarios,model,microcode]
+    .venv/bin/python benchmarks/run.py [--runs 3]
+        [--only boot,boot_phases,scenarios,model,microcode]
 
 - boot: median boot-to-shell (cont -> guest agent answers) and snapshot (stop, migrate,
   parse, cont, plus the guest's CPU view) over --runs VMs (512 MiB, 2 of 4 CPUs, TCG),
   and hot-unplug (device_del -> CPU gone from its slot) of a cold-plugged CPU on
   multi-threaded TCG. Targets: boot <= 8 s, snapshot <= 1.5 s.
+- boot_phases: where that boot time goes (benchmarks/boot_phases.py: SEC/PEI, SMM,
+  DXE/BDS + the kernel's EFI stub and decompressor, Linux), by sampling CPU 0.
 - scenarios: wall time of `pytest scenarios/ -n 2` (target <= 180 s), and the harness's
   own overhead: the scenario set run in this process, its CPU time (time.process_time:
   parsing, checks, traces; QEMU and the guest are other processes) over its wall time
@@ -105,13 +108,18 @@ def bench_model():
     return out
 
 
+def bench_boot_phases(runs):
+    import boot_phases
+    return boot_phases.run(runs)
+
+
 def bench_microcode():
     import microcode_bench
     return microcode_bench.run()
 
 
-SECTIONS = {"boot": bench_boot, "scenarios": bench_scenarios, "model": bench_model,
-            "microcode": bench_microcode}
+SECTIONS = {"boot": bench_boot, "boot_phases": bench_boot_phases,
+            "scenarios": bench_scenarios, "model": bench_model, "microcode": bench_microcode}
 
 
 def main():
@@ -122,7 +130,7 @@ def main():
     out = {}
     for name in a.only.split(","):
         fn = SECTIONS[name]
-        out[name] = fn(a.runs) if name == "boot" else fn()
+        out[name] = fn(a.runs) if name in ("boot", "boot_phases") else fn()
     print(json.dumps(out, indent=2))
 
 
