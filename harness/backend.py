@@ -14,6 +14,10 @@ from .machine import CpuPlug, MachineConfig
 from .snapshot import Snapshot
 
 
+# How long an unplug may take (device_del -> slot empty) unless the step says otherwise
+UNPLUG_TIMEOUT = 30.0
+
+
 class Backend(ABC):
     name = "abstract"
 

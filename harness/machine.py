@@ -1,11 +1,14 @@
 """What a machine is, independent of who runs it (real QEMU or the model)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
 ACCELS = ("tcg", "kvm", "auto")
+# TCG threading of machines that do not say (harness/qemu/vm.py explains the choice)
+DEFAULT_TCG_THREAD = os.environ.get("SMM_HARNESS_TCG_THREAD", "single")
 
 
 @dataclass
@@ -45,6 +48,10 @@ class MachineConfig:
             raise ConfigError("smi_features: cpu_hotunplug requires cpu_hotplug "
                               "(QEMU: 'cpu hot-unplug requires cpu hot-plug')")
         return self
+
+    @property
+    def effective_tcg_thread(self):
+        return self.tcg_thread or DEFAULT_TCG_THREAD
 
     @property
     def low_ram_bytes(self):

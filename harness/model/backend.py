@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backend import Backend
+from ..backend import UNPLUG_TIMEOUT, Backend
 from ..errors import BackendError, ConfigError, Hang, NotRemoved, Refused
 from ..machine import CpuPlug, MachineConfig
 from ..snapshot import CpuState, Snapshot, Tseg
@@ -34,6 +34,15 @@ from .cpu import semantics as to_semantics
 from .microcode import PLATFORMS as UCODE_PLATFORMS, revision_of
 from .engine import Machine
 from .firmware import load_profile
+from .qemu_defects import ALL as ALL_DEFECTS, QemuDefects, for_semantics as defects_for
+
+
+def _defects_by_name(name):
+    try:
+        return ALL_DEFECTS[name]
+    except KeyError:
+        raise ConfigError(f"qemu_defects must be one of {', '.join(sorted(ALL_DEFECTS))}, "
+                          f"got {name!r}") from None
 
 
 def _ranges(nums):
@@ -53,8 +62,14 @@ class ModelBackend(Backend):
 
     def __init__(self, semantics="tcg", firmware_dir=Path("firmware"), *,
                  profile_overrides=None, max_steps=500_000, microcode_platform=None,
-                 early_microcode=None, hypervisor_bit=None, platform_id=0):
+                 early_microcode=None, hypervisor_bit=None, platform_id=0,
+                 qemu_defects=None):
         self.sem = to_semantics(semantics)
+        # QEMU's own bugs the model reproduces: by default those of the semantics'
+        # QEMU (tcg: QEMU 7.2 TCG); a name or a QemuDefects to choose
+        self.defects = (defects_for(self.sem.name) if qemu_defects is None else
+                        qemu_defects if isinstance(qemu_defects, QemuDefects) else
+                        _defects_by_name(qemu_defects))
         if microcode_platform is not None:
             if microcode_platform not in UCODE_PLATFORMS:
                 raise ConfigError(f"microcode_platform must be one of "
@@ -75,6 +90,8 @@ class ModelBackend(Backend):
     def _machine(self):
         if self.m is None:
             raise BackendError("model machine not started")
+        if self.m.dead is not None:
+            raise self.m.dead                # the modelled QEMU died (qemu_defects)
         return self.m
 
     def _running(self, what):
@@ -98,7 +115,7 @@ class ModelBackend(Backend):
             self.m = Machine(machine, self.sem, self.profile, max_steps=self.max_steps,
                              early_microcode=self.early_microcode,
                              hypervisor_bit=self.hypervisor_bit,
-                             platform_id=self.platform_id)
+                             platform_id=self.platform_id, defects=self.defects)
         except Refused as e:
             raise ConfigError(f"bad topology: {e.message}") from None
         self.paused = paused
@@ -131,8 +148,12 @@ class ModelBackend(Backend):
         m = self._running("hotplug")
         c, gpe = m.device_add(cpu.slot, cpu.props, hotplug=True)
         if gpe:
-            m.guest.gpe()
+            m.sci()
         m.run()
+        if cpu.slot not in m.guest.known:    # as the QEMU backend: the guest must list it
+            raise Hang(f"guest did not list the CPU hot-added in slot {cpu.slot}"
+                       + (f": {m.sci_lost}" if m.sci_lost else ""),
+                       m.diagnosis("hot-added CPU never seen by the guest"))
         return self._cpu_result(c)
 
     def unplug(self, slot: int, timeout: float | None = None) -> dict:
@@ -150,11 +171,11 @@ class ModelBackend(Backend):
         index = cpu.index
         if m.cpuhp.unplug_request(slot):
             m.gpe_sts = True
-            m.guest.gpe()
+            m.sci()
         m.run()
         if slot in m.by_slot:      # the machine is quiescent: nobody will eject it now
-            raise NotRemoved(slot, timeout or 0, {
-                "slot": slot, "why": "the guest did not eject the CPU",
+            raise NotRemoved(slot, timeout or UNPLUG_TIMEOUT, {
+                "slot": slot, "why": m.sci_lost or "the guest did not eject the CPU",
                 **m.diagnosis("device_del did not complete")})
         return {"index": index, "apic_id": slot, "removed": True}
 
@@ -238,6 +259,7 @@ class ModelBackend(Backend):
 
     def info(self) -> dict:
         return {"backend": "model", "semantics": self.sem.name,
+                "qemu_defects": self.defects.name,
                 "firmware": self.profile.name if self.profile else None}
 
     def close(self) -> None:

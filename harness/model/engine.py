@@ -11,13 +11,15 @@ is exhausted. A hang is sticky: the machine stays stuck until ``system_reset``.
 from __future__ import annotations
 
 from .. import hw
-from ..errors import Hang, Refused
+from ..errors import Hang, QemuCrashed, Refused
+from ..lost_sci import apic_id_holes, explain as explain_lost_sci
 from .chipset import MSG_CPU_EXISTS, MSG_SOCKET_RANGE, Lpc, Mch
 from .cpu import SPIN, HALT, Cpu, Memory, model_defaults, parse_int
 from .cpuhp import CpuHotplugBlock
 from .firmware import PMBASE, make_firmware
 from .guest import Guest
 from . import microcode as ucode
+from . import qemu_defects
 
 SMI_EN_PORT = PMBASE + hw.SMI_EN_OFFSET
 HP_LO = hw.CPUHP_BASE
@@ -32,8 +34,13 @@ _WHERE_CS_EIP = {
 
 class Machine:
     def __init__(self, config, sem, profile, max_steps=500_000, *, early_microcode=None,
-                 hypervisor_bit=None, platform_id=0):
+                 hypervisor_bit=None, platform_id=0, defects=None):
         self.config = config
+        # QEMU's own bugs, reproduced (harness.model.qemu_defects)
+        self.defects = defects if defects is not None else qemu_defects.for_semantics(sem.name)
+        self.dead = None             # QemuCrashed once the modelled QEMU has died
+        self.heap_corrupted = False  # a CPU was unplugged (defects.heap_corrupted_by_unplug)
+        self.sci_lost = None         # why the SCI's IOAPIC pin is stuck (Remote IRR set)
         # microcode (harness.model.microcode): the early cpio / <Vendor>.bin the guest's
         # loader sees, CPUID(1).ECX[31] (QEMU's "hypervisor" CPU property, on by
         # default), and the platform id (MSR 0x17) of CPUs without a "platform-id" prop
@@ -73,7 +80,7 @@ class Machine:
         msg = self.lpc.device_add_refusal()
         if msg:
             raise Refused(msg)
-        index = max((c.index for c in self.cpus), default=-1) + 1
+        index = slot        # QEMU x86_cpu_pre_plug: cpu_index = its possible-CPU index
         vendor, signature, default_ucode = ucode.identity(self.config.cpu_model,
                                                           self.config.cpu_props, props)
         if signature is None:
@@ -96,9 +103,16 @@ class Machine:
         return cpu, gpe
 
     def _eject(self, slot):
-        cpu = self.by_slot.pop(slot, None)
+        cpu = self.by_slot.get(slot)
         if cpu is None:
             return
+        d = self.defects
+        if d.eject_aborts_single_threaded_tcg and self.config.effective_tcg_thread == "single":
+            self.dead = QemuCrashed(qemu_defects.SIGABRT_STATUS, qemu_defects.MSG_THREAD_JOIN)
+            raise self.dead
+        if d.heap_corrupted_by_unplug:
+            self.heap_corrupted = True
+        del self.by_slot[slot]
         cpu.removed = True
         cpu.prog = None
         self.cpus.remove(cpu)
@@ -108,6 +122,22 @@ class Machine:
         return self.by_slot.get(apic)       # APIC id == slot in the default topology
 
     # --- interrupts -----------------------------------------------------------------
+    def sci(self):
+        """GPE status is set: the SCI (GSI 9, level) goes through the IOAPIC to the CPU
+        Linux routed it to, whose ACPI code then runs \\_GPE._E02. Lost for good if QEMU
+        cannot reach that CPU's local APIC (``harness.lost_sci``)."""
+        if self.sci_lost:
+            return                           # Remote IRR still set: the pin is dead
+        target = self.guest.sci_cpu()
+        holes = [a for a in apic_id_holes(self.by_slot) if a < target.apic_id]
+        if self.defects.logical_delivery_stops_at_apic_hole and holes:
+            # Linux's flat logical id is 1 << its CPU number (the cpu index when
+            # slots are filled in order, as in every scenario)
+            self.sci_lost = explain_lost_sci(1 << target.index, True, [target.index],
+                                             holes)
+            return
+        self.guest.gpe()
+
     def _smi_sink(self, broadcast, cpu):
         if broadcast:
             for c in self.cpus:              # every CPU that exists now
@@ -168,7 +198,11 @@ class Machine:
         bsp.wait_sipi = False
 
     def system_reset(self):
+        if self.heap_corrupted:
+            self.dead = QemuCrashed(qemu_defects.SIGABRT_STATUS, qemu_defects.MSG_HEAP)
+            raise self.dead
         self.stuck = None
+        self.sci_lost = None         # the IOAPIC is reset
         self.gpe_sts = False         # acpi_gpe_reset
         self.mem.clear()
         self.mch.reset()

@@ -40,6 +40,9 @@ class FirmwareProfile:
     smbase_top_gap: int | None = None
     negotiates_smi_features: bool = False
     delay_smm_exit: bool = False
+    # the smallest TSEG the firmware's SMRAM fits in (measured, see firmware/*.json);
+    # below it the firmware stops in DXE before any SMBASE is relocated
+    min_tseg_mbytes: int | None = None
     # edk2 behaviour not in the JSON profiles (defaults = real OVMF); knobs for tests
     skip_known_apic_ids: bool = True        # race fix 1 (bugzilla 2929)
     directed_smi_before_init: bool = True   # race fix 2 (bugzilla 2929)
@@ -55,7 +58,8 @@ class FirmwareProfile:
                    smbase_stride=layout.get("smbase_stride"),
                    smbase_top_gap=layout.get("smbase_top_gap"),
                    negotiates_smi_features=bool(hp.get("negotiates_smi_features", d.get("smm"))),
-                   delay_smm_exit=bool(hp.get("delay_smm_exit", False)), raw=d)
+                   delay_smm_exit=bool(hp.get("delay_smm_exit", False)),
+                   min_tseg_mbytes=(d.get("smram") or {}).get("min_tseg_mbytes"), raw=d)
 
     def with_overrides(self, **kw):
         return replace(self, **kw)
@@ -168,6 +172,10 @@ class Ovmf:
         if prof.smm:
             yield from self._pei_smram(bsp)
             bsp.where = "firmware:dxe"
+            if prof.min_tseg_mbytes and m.mch.tseg_size < prof.min_tseg_mbytes << 20:
+                yield from self._fatal(bsp, f"SMRAM of {m.mch.tseg_size >> 20} MiB cannot "
+                                       f"hold the SMM core and drivers (needs "
+                                       f"{prof.min_tseg_mbytes} MiB)")
             ok = yield from self._smm_control2(bsp)
             if not ok:
                 return

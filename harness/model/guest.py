@@ -44,6 +44,7 @@ class Guest:
         self.fw_unplugs = False       # CEJ0 lets the firmware eject
         self.notifications = []       # (slot, event) Notify()s the OS received
         self.errors = []
+        self.sci_index = None         # the CPU the SCI (IRQ 9) is routed to
         self.ucode.reset()
 
     # --- plumbing -------------------------------------------------------------------
@@ -61,6 +62,24 @@ class Guest:
         self.online.discard(cpu.index)
         self.want_dead.discard(cpu.index)
         self.tasks.pop(cpu.index, None)
+        self._sci_leaves(cpu.index)
+
+    # --- where the SCI goes ---------------------------------------------------------------
+    # Linux gives IRQ 9 a vector on the least-loaded online CPU (irq_matrix_alloc); the
+    # boot CPU carries the legacy vectors, so that is the first other CPU, and when its
+    # CPU goes offline the IRQ moves the same way. Observed on Debian's 6.1 with 3 CPUs:
+    # IOAPIC pin 9 to CPU 1, then to CPU 2 once CPU 1 was offlined.
+    def _pick_sci(self, exclude=None):
+        others = sorted(i for i in self.online if i not in (self.m.bsp.index, exclude))
+        return others[0] if others else self.m.bsp.index
+
+    def _sci_leaves(self, index):
+        if index == self.sci_index:
+            self.sci_index = self._pick_sci(exclude=index)
+
+    def sci_cpu(self):
+        cpus = {c.index: c for c in self.m.cpus}
+        return cpus.get(self.sci_index, self.m.bsp)
 
     # --- boot -----------------------------------------------------------------------
     def os_boot(self, bsp):
@@ -81,6 +100,7 @@ class Guest:
             ok = yield from self._cpu_up(bsp, cpu)
             if not ok:
                 self.errors.append(f"CPU{cpu.index} failed to boot")
+        self.sci_index = self._pick_sci()    # acpi_os_install_interrupt_handler
         # ACPICA dispatches GPEs whose status is already set when it first enables them
         # (e.g. insert events of CPUs device_add'ed while paused): CSCN runs once now
         if m.gpe_sts:
@@ -110,6 +130,7 @@ class Guest:
             if idx in self.want_dead:
                 self.want_dead.discard(idx)
                 self.online.discard(idx)
+                self._sci_leaves(idx)        # fixup_irqs moves IRQs off a dying CPU
                 cpu.where = "os:play_dead"
                 yield STEP
                 while True:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import firmware as fwmod
 from .. import hw
-from ..backend import Backend
+from ..backend import UNPLUG_TIMEOUT, Backend
 from ..errors import BackendError, Hang, NotRemoved, QemuCrashed, QemuError, Refused
 from ..machine import CpuPlug, MachineConfig
 from ..snapshot import Snapshot
@@ -29,7 +29,6 @@ BOOT_TIMEOUT = float(os.environ.get("SMM_HARNESS_BOOT_TIMEOUT", "120"))
 COMMAND_TIMEOUT = 30.0
 HOTPLUG_TIMEOUT = 30.0
 AGENT_PROBE = 4.0          # an unanswered agent probe makes us look at the CPUs
-UNPLUG_TIMEOUT = 30.0
 MIGRATE_TIMEOUT = 60.0
 # A CPU caught in SMM may just be servicing a legitimate SMI (an EFI variable call,
 # another CPU's 0xB2 write): "left in SMM" means still there after this long.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 
 from .. import hw
+from ..lost_sci import apic_id_holes, explain
 
 _PIN_RE = re.compile(r"^\s*pin\s+(\d+)\s+0x([0-9a-fA-F]+)\s+dest=(\d+)\s+vec=(\d+)\s+(.*)$")
 _LIST_RE = re.compile(r"^\s*(Remote IRR|IRR)\s+(.*)$")
@@ -101,14 +102,7 @@ def lost_sci(ioapic, lapics, apic_ids) -> dict | None:
         return None
     targets = logical_targets(pin["dest"], lapics) if pin["logical"] else \
         [la["cpu"] for la in lapics if la["cpu"] == pin["dest"]]
-    present = sorted(apic_ids)
-    holes = [i for i in range(max(present) + 1) if i not in present] if present else []
-    mode = "logical" if pin["logical"] else "physical"
-    text = (f"SCI (GSI {hw.SCI_GSI}, vector {vec}) sent by the IOAPIC to {mode} destination "
-            f"{pin['dest']:#04x} (cpu {', '.join(map(str, targets)) or 'none'}) is in no "
-            f"local APIC: Remote IRR stays set, no further ACPI event can reach the guest")
-    if holes and pin["logical"]:
-        text += (f"; APIC id {', '.join(map(str, holes))} is gone, and QEMU before 9.0 "
-                 f"stops its logical-destination search at the first missing APIC id")
+    holes = apic_id_holes(apic_ids)
     return {"pin": hw.SCI_GSI, "vector": vec, "dest": pin["dest"], "logical": pin["logical"],
-            "targets": targets, "apic_id_holes": holes, "text": text}
+            "targets": targets, "apic_id_holes": holes,
+            "text": explain(pin["dest"], pin["logical"], targets, holes, vec)}

@@ -18,7 +18,7 @@ import pexpect.fdpexpect
 
 from .. import hw
 from ..errors import ConfigError, QemuCrashed, QemuError
-from ..machine import MachineConfig
+from ..machine import DEFAULT_TCG_THREAD, MachineConfig
 from . import process
 from .qmp import QmpSession
 
@@ -35,11 +35,8 @@ KERNEL_CMDLINE = "console=ttyS0 panic=0 quiet loglevel=3 nokaslr"
 # when firmware ejects a CPU under thread=single: the one vCPU thread joins itself. So
 # scenarios that unplug CPUs say `tcg_thread: multi`. SMM_HARNESS_TCG_THREAD sets the
 # default for machines that do not say.
-TCG_THREAD = os.environ.get("SMM_HARNESS_TCG_THREAD", "single")
-
-
 def accel_arg(accel, thread=None):
-    return f"tcg,thread={thread or TCG_THREAD}" if accel == "tcg" else accel
+    return f"tcg,thread={thread or DEFAULT_TCG_THREAD}" if accel == "tcg" else accel
 
 
 def _prop_value(v):

@@ -7,9 +7,12 @@ from harness.model.backend import ModelBackend
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
 
 
-def make(semantics="tcg", paused=True, boot=True, coldplug=(), overrides=None, **cfg):
-    """Start (and by default boot) a model machine."""
-    b = ModelBackend(semantics, FIRMWARE, profile_overrides=overrides)
+def make(semantics="tcg", paused=True, boot=True, coldplug=(), overrides=None,
+         defects="none", **cfg):
+    """Start (and by default boot) a model machine. These tests are about the SMM
+    hot-plug protocol, so QEMU's own defects are off unless a test asks for them
+    (``defects=None``: those of the semantics; see test_qemu_defects.py)."""
+    b = ModelBackend(semantics, FIRMWARE, profile_overrides=overrides, qemu_defects=defects)
     b.start(MachineConfig(**cfg), Path("/nonexistent-run-dir"), paused=paused)
     for slot in coldplug:
         b.coldplug(CpuPlug(slot))

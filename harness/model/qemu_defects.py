@@ -1,0 +1,43 @@
+"""QEMU defects the model reproduces, so that it predicts what real QEMU does, bugs
+included (each one found by this harness and kept as a scenario that expects it).
+
+They belong to QEMU's userspace emulation, so they come with the ``tcg`` semantics
+(QEMU 7.2 TCG); under ``kvm`` the local APICs are in the kernel and the scenarios
+expect these steps to pass. Each flag is one defect:
+
+- ``eject_aborts_single_threaded_tcg`` (unplug-tcg-single-thread-crash): with
+  ``-accel tcg,thread=single`` the firmware's eject runs cpu_remove_sync() on the one
+  round-robin vCPU thread, which joins itself: QEMU aborts.
+- ``heap_corrupted_by_unplug`` (coldplug-unplug-reset): after a CPU unplug the next
+  ``system_reset`` (or migration) kills QEMU; glibc's message varies (heap corruption).
+- ``logical_delivery_stops_at_apic_hole`` (unplug-ascending-lost-sci): logical
+  destination interrupts stop at the first unplugged APIC id (``harness.lost_sci``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SIGABRT_STATUS = -6          # how subprocess reports QEMU's abort()
+MSG_THREAD_JOIN = "qemu: qemu_thread_join: Resource deadlock avoided"
+MSG_HEAP = ("QEMU died at system_reset after a CPU unplug: the unplug corrupted its heap "
+            "(glibc aborts, e.g. 'corrupted double-linked list')")
+
+
+@dataclass(frozen=True)
+class QemuDefects:
+    name: str
+    eject_aborts_single_threaded_tcg: bool = False
+    heap_corrupted_by_unplug: bool = False
+    logical_delivery_stops_at_apic_hole: bool = False
+
+
+NONE = QemuDefects("none")
+QEMU_7_2_TCG = QemuDefects("qemu-7.2-tcg", eject_aborts_single_threaded_tcg=True,
+                           heap_corrupted_by_unplug=True,
+                           logical_delivery_stops_at_apic_hole=True)
+ALL = {d.name: d for d in (NONE, QEMU_7_2_TCG)}
+BY_SEMANTICS = {"tcg": QEMU_7_2_TCG, "kvm": NONE}
+
+
+def for_semantics(name) -> QemuDefects:
+    return BY_SEMANTICS.get(name, NONE)
