@@ -80,6 +80,8 @@ class Machine:
         msg = self.lpc.device_add_refusal()
         if msg:
             raise Refused(msg)
+        if self.heap_corrupted:
+            self._die(qemu_defects.MSG_HEAP.format(what="device_add"))
         index = slot        # QEMU x86_cpu_pre_plug: cpu_index = its possible-CPU index
         vendor, signature, default_ucode = ucode.identity(self.config.cpu_model,
                                                           self.config.cpu_props, props)
@@ -108,8 +110,7 @@ class Machine:
             return
         d = self.defects
         if d.eject_aborts_single_threaded_tcg and self.config.effective_tcg_thread == "single":
-            self.dead = QemuCrashed(qemu_defects.SIGABRT_STATUS, qemu_defects.MSG_THREAD_JOIN)
-            raise self.dead
+            self._die(qemu_defects.MSG_THREAD_JOIN)
         if d.heap_corrupted_by_unplug:
             self.heap_corrupted = True
         del self.by_slot[slot]
@@ -117,6 +118,11 @@ class Machine:
         cpu.prog = None
         self.cpus.remove(cpu)
         self.guest.forget(cpu)
+
+    def _die(self, message):
+        """The modelled QEMU aborts: this and every later request raise QemuCrashed."""
+        self.dead = QemuCrashed(qemu_defects.SIGABRT_STATUS, message)
+        raise self.dead
 
     def cpu_by_apic(self, apic):
         return self.by_slot.get(apic)       # APIC id == slot in the default topology
@@ -199,8 +205,7 @@ class Machine:
 
     def system_reset(self):
         if self.heap_corrupted:
-            self.dead = QemuCrashed(qemu_defects.SIGABRT_STATUS, qemu_defects.MSG_HEAP)
-            raise self.dead
+            self._die(qemu_defects.MSG_HEAP.format(what="system_reset"))
         self.stuck = None
         self.sci_lost = None         # the IOAPIC is reset
         self.gpe_sts = False         # acpi_gpe_reset

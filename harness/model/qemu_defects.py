@@ -8,8 +8,9 @@ expect these steps to pass. Each flag is one defect:
 - ``eject_aborts_single_threaded_tcg`` (unplug-tcg-single-thread-crash): with
   ``-accel tcg,thread=single`` the firmware's eject runs cpu_remove_sync() on the one
   round-robin vCPU thread, which joins itself: QEMU aborts.
-- ``heap_corrupted_by_unplug`` (coldplug-unplug-reset): after a CPU unplug the next
-  ``system_reset`` (or migration) kills QEMU; glibc's message varies (heap corruption).
+- ``heap_corrupted_by_unplug`` (coldplug-unplug-reset, unplug-replug-crash): after a
+  CPU unplug the next ``system_reset``, ``device_add`` or migration kills QEMU; glibc's
+  message varies (heap corruption).
 - ``logical_delivery_stops_at_apic_hole`` (unplug-ascending-lost-sci): logical
   destination interrupts stop at the first unplugged APIC id (``harness.lost_sci``).
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 SIGABRT_STATUS = -6          # how subprocess reports QEMU's abort()
 MSG_THREAD_JOIN = "qemu: qemu_thread_join: Resource deadlock avoided"
-MSG_HEAP = ("QEMU died at system_reset after a CPU unplug: the unplug corrupted its heap "
+MSG_HEAP = ("QEMU died at {what} after a CPU unplug: the unplug corrupted its heap "
             "(glibc aborts, e.g. 'corrupted double-linked list')")
 
 

@@ -266,7 +266,6 @@ class QemuBackend(Backend):
         """Why an unplug request got nowhere: the guest's view of the CPU hot-plug GPE
         and the SCI, and where the SCI is between IOAPIC and local APICs. Kept in
         ``unplug-<slot>/`` of the run directory; best effort, never a new failure."""
-        from .irq_diag import lost_sci, parse_ioapic, parse_lapic
         bundle = self.vm.run_dir / f"unplug-{slot}"
         bundle.mkdir(exist_ok=True)
         d = {"slot": slot}
@@ -277,17 +276,8 @@ class QemuBackend(Backend):
             lines = out.split("\n")
             d["guest_gpe"] = lines[0].strip() if lines else ""
             d["guest_sci_count"] = lines[1].strip() if len(lines) > 1 else ""
-            pic = self.vm.qmp.hmp("info pic")
-            cpus = self.vm.qmp.cmd("query-cpus-fast")
-            apic_ids = [c["props"].get("socket-id") for c in cpus]
-            lapics = []
-            for a in apic_ids:
-                text = self.vm.qmp.hmp(f"info lapic {a}")
-                (bundle / f"info-lapic-{a}.txt").write_text(text)
-                lapics.append(parse_lapic(text))
-            (bundle / "info-pic.txt").write_text(pic)
-            d["ioapic_remote_irr"] = parse_ioapic(pic)["remote_irr"]
-            lost = lost_sci(parse_ioapic(pic), lapics, apic_ids)
+            ioapic, lost = self._interrupt_evidence(bundle)
+            d["ioapic_remote_irr"] = ioapic["remote_irr"]
             if lost:
                 d["lost_sci"] = lost
                 d["why"] = lost["text"]
@@ -446,6 +436,21 @@ class QemuBackend(Backend):
                                  halted=bool(r.get("halted"))))
         return Snapshot(cpus=cpus, source="qmp")
 
+    def _interrupt_evidence(self, bundle):
+        """(IOAPIC state, lost-SCI explanation or None) from HMP ``info pic`` and
+        ``info lapic`` of every CPU, the texts kept in ``bundle``."""
+        from .irq_diag import lost_sci, parse_ioapic, parse_lapic
+        pic = self.vm.qmp.hmp("info pic")
+        (bundle / "info-pic.txt").write_text(pic)
+        apic_ids = [c["props"].get("socket-id") for c in self.vm.qmp.cmd("query-cpus-fast")]
+        lapics = []
+        for a in apic_ids:
+            text = self.vm.qmp.hmp(f"info lapic {a}")
+            (bundle / f"info-lapic-{a}.txt").write_text(text)
+            lapics.append(parse_lapic(text))
+        ioapic = parse_ioapic(pic)
+        return ioapic, lost_sci(ioapic, lapics, apic_ids)
+
     def _hang(self, reason) -> Hang:
         """Collect the diagnosis bundle, remember the machine is stuck, return a Hang."""
         d = {"reason": reason}
@@ -482,6 +487,13 @@ class QemuBackend(Backend):
         except Exception as e:
             d["snapshot_error"] = str(e)
         d["cpus"] = cpus
+        try:                             # a lost SCI explains a guest that never hears
+            _, lost = self._interrupt_evidence(bundle)
+            if lost:
+                d["lost_sci"] = lost
+                reason = d["reason"] = f"{reason}: {lost['text']}"
+        except Exception as e:
+            d["interrupts_error"] = str(e)
         d["console_tail"] = self.vm.console_tail(20)
         (bundle / "diagnosis.json").write_text(json.dumps(d, indent=2, default=str))
         self.hung = Hang(reason, d)

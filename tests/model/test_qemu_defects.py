@@ -28,13 +28,18 @@ def test_eject_without_that_defect(sem, thread):
     assert b.unplug(2)["removed"]
 
 
-def test_reset_after_unplug_crashes_under_tcg_only():
+def test_reset_or_device_add_after_unplug_crash_under_tcg_only():
     b = make("tcg", defects=None, cpus=2, maxcpus=3, tcg_thread="multi")
     b.reset()                                        # no unplug yet: fine
     b.unplug(1)
     with pytest.raises(QemuCrashed) as e:
         b.reset()
     assert e.value.status == -6 and "heap" in e.value.message
+    r = make("tcg", defects=None, cpus=2, maxcpus=3, tcg_thread="multi")
+    r.unplug(1)
+    with pytest.raises(QemuCrashed) as e:             # unplug-replug-crash
+        r.hotplug(CpuPlug(1))
+    assert "at device_add" in e.value.message
     k = make("kvm", defects=None, cpus=2, maxcpus=3)
     k.unplug(1)
     k.reset()
