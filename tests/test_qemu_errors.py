@@ -119,7 +119,7 @@ def test_killed_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
     trace_dir = tmp_path / "traces"
     rc, out, err = _start_then_signal(
         [sys.executable, "-m", "harness", "run", "scenarios/boot-2-of-4.yaml",
-         "--trace-dir", str(trace_dir)], trace_dir, sig)
+         "--accel", "tcg", "--trace-dir", str(trace_dir)], trace_dir, sig)
     assert rc == 130, (out, err)
     assert "Traceback" not in err
     _assert_interrupted_trace_kept(trace_dir)
@@ -130,7 +130,7 @@ def test_killed_pytest_run_leaves_no_qemu_and_keeps_its_trace(tmp_path, sig):
     trace_dir = tmp_path / "traces"
     rc, out, err = _start_then_signal(
         [sys.executable, "-m", "pytest", "scenarios/boot-2-of-4.yaml", "--backend", "qemu",
-         "--trace-dir", str(trace_dir), "-p", "no:cacheprovider", "-p", "no:xdist", "-q"],
+         "--accel", "tcg", "--trace-dir", str(trace_dir), "-p", "no:cacheprovider", "-p", "no:xdist", "-q"],
         trace_dir, sig)
     assert rc == pytest.ExitCode.INTERRUPTED, (out, err)
     assert re.search(r"!{5} (KeyboardInterrupt|harness.qemu.process.Terminated: "
