@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .cpuid import decode_signature
-from .defects import Defect, MicrocodeError
+from .defects import Defect, DefectVerdicts, MicrocodeError
 from .intel import date_to_bcd, format_bcd_date
 
 # --- format constants (facts §2.1, §2.2) --------------------------------------------
@@ -101,15 +101,11 @@ class AmdContainer:
 
 
 @dataclass
-class AmdParseResult:
+class AmdParseResult(DefectVerdicts):
     containers: List[AmdContainer]
     defects: List[Defect]
     size: int
     source: Optional[str] = None
-
-    @property
-    def ok(self):
-        return not any(d.fatal for d in self.defects)
 
     @property
     def patches(self):

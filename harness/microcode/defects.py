@@ -41,3 +41,20 @@ class Defect:
 
 class MicrocodeError(ValueError):
     """Raised only by builders and strict helpers given impossible arguments."""
+
+
+class DefectVerdicts:
+    """What a parse result (with a ``defects`` list) says about its whole blob."""
+
+    @property
+    def ok(self):
+        """True when Linux would accept the whole blob: no fatal defect at all."""
+        return not any(d.fatal for d in self.defects)
+
+    @property
+    def errors(self):
+        return [d for d in self.defects if d.fatal]
+
+    @property
+    def warnings(self):
+        return [d for d in self.defects if not d.fatal]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .checksum import u32_sum, u32_sum32
-from .defects import Defect, MicrocodeError
+from .defects import Defect, DefectVerdicts, MicrocodeError
 
 # --- format constants (facts §1.1-§1.3) ---------------------------------------------
 HEADER_SIZE = 48
@@ -119,24 +119,11 @@ class IntelUpdate:
 
 
 @dataclass
-class IntelParseResult:
+class IntelParseResult(DefectVerdicts):
     updates: List[IntelUpdate]
     defects: List[Defect]
     size: int
     source: Optional[str] = None
-
-    @property
-    def ok(self):
-        """True when Linux would accept the whole blob: no fatal defect at all."""
-        return not any(d.fatal for d in self.defects)
-
-    @property
-    def errors(self):
-        return [d for d in self.defects if d.fatal]
-
-    @property
-    def warnings(self):
-        return [d for d in self.defects if not d.fatal]
 
 
 # --- dates ---------------------------------------------------------------------------

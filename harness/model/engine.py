@@ -14,7 +14,7 @@ from .. import hw
 from ..errors import Hang, QemuCrashed, Refused
 from ..lost_sci import apic_id_holes, explain as explain_lost_sci
 from .chipset import MSG_CPU_EXISTS, MSG_SOCKET_RANGE, Lpc, Mch
-from .cpu import SPIN, HALT, Cpu, Memory, model_defaults, parse_int
+from .cpu import SPIN, HALT, STEP, Cpu, Memory, model_defaults, parse_int
 from .cpuhp import CpuHotplugBlock
 from .firmware import PMBASE, make_firmware
 from .guest import Guest
@@ -164,6 +164,16 @@ class Machine:
             t.send_sipi(vector)
         else:
             raise ValueError(kind)
+
+    def init_sipi_sipi(self, src, apic, vector):
+        """The AP wake-up sequence (MpInitLib, OVMF's SmbaseRelocate, Linux's
+        do_boot_cpu): INIT, then two SIPIs with ``vector``, one ICR write per step."""
+        self.ipi(src, apic, "init")
+        yield STEP
+        self.ipi(src, apic, "sipi", vector)
+        yield STEP
+        self.ipi(src, apic, "sipi", vector)
+        yield STEP
 
     # --- port I/O ---------------------------------------------------------------------
     def outb(self, cpu, port, value, size=1):

@@ -183,12 +183,7 @@ class Ovmf:
         self._install(FW_AP_VECTOR << 12, self._fw_ap)
         aps = [c for c in m.cpus if not c.is_bsp]
         for ap in aps:
-            m.ipi(bsp, ap.apic_id, "init")
-            yield STEP
-            m.ipi(bsp, ap.apic_id, "sipi", FW_AP_VECTOR)
-            yield STEP
-            m.ipi(bsp, ap.apic_id, "sipi", FW_AP_VECTOR)
-            yield STEP
+            yield from m.init_sipi_sipi(bsp, ap.apic_id, FW_AP_VECTOR)
         while len(self.ap_checked_in) < len(aps):
             yield SPIN
         if prof.smm:
@@ -464,13 +459,7 @@ class Ovmf:
         if self.profile.directed_smi_before_init:
             m.ipi(bsp, apic, "smi")
             yield STEP
-        vector = self.profile.pen_address >> 12
-        m.ipi(bsp, apic, "init")
-        yield STEP
-        m.ipi(bsp, apic, "sipi", vector)
-        yield STEP
-        m.ipi(bsp, apic, "sipi", vector)
-        yield STEP
+        yield from m.init_sipi_sipi(bsp, apic, self.profile.pen_address >> 12)
         self.new_smbase = smbase & 0xFFFFFFFF
         yield STEP
         old = self.gate                                # lock cmpxchg

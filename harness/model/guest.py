@@ -139,13 +139,7 @@ class Guest:
             yield HALT
 
     def _cpu_up(self, bsp, target):
-        m = self.m
-        m.ipi(bsp, target.apic_id, "init")
-        yield STEP
-        m.ipi(bsp, target.apic_id, "sipi", TRAMPOLINE_VECTOR)
-        yield STEP
-        m.ipi(bsp, target.apic_id, "sipi", TRAMPOLINE_VECTOR)
-        yield STEP
+        yield from self.m.init_sipi_sipi(bsp, target.apic_id, TRAMPOLINE_VECTOR)
         waited = 0
         while target.index not in self.online and waited < CALLIN_TIMEOUT:
             waited += 1
@@ -245,35 +239,28 @@ class Guest:
 
     # --- user-visible operations (run as BSP tasks) -------------------------------------
     def online_task(self, slot, result):
-        def task(cpu):
-            target = self.m.by_slot.get(slot)
-            if target is None:
-                result["error"] = f"no CPU in slot {slot}"
-                return
-            if target.index in self.online:
-                result["ok"] = True
-                return
-            cpu.where = "os:cpu_up"
-            ok = yield from self._cpu_up(cpu, target)
-            result["ok"] = ok
-            if not ok:
-                result["error"] = f"CPU{target.index} failed to boot"
-        return task
+        return self._online_task(slot, result, True)
 
     def offline_task(self, slot, result):
+        return self._online_task(slot, result, False)
+
+    def _online_task(self, slot, result, online):
+        """echo 1/0 > /sys/devices/system/cpu/cpuN/online, as a BSP task."""
         def task(cpu):
             target = self.m.by_slot.get(slot)
             if target is None:
                 result["error"] = f"no CPU in slot {slot}"
                 return
-            if target.index not in self.online:
+            if (target.index in self.online) == online:
                 result["ok"] = True
                 return
-            cpu.where = "os:cpu_down"
-            ok = yield from self._cpu_down(cpu, target)
+            cpu.where = "os:cpu_up" if online else "os:cpu_down"
+            change = self._cpu_up if online else self._cpu_down
+            ok = yield from change(cpu, target)
             result["ok"] = ok
             if not ok:
-                result["error"] = f"CPU{target.index} did not go offline"
+                result["error"] = (f"CPU{target.index} failed to boot" if online
+                                   else f"CPU{target.index} did not go offline")
         return task
 
     def smi_task(self, value, data, count):
