@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .checks import CheckContext, run_check
+from .checks import CheckContext, CheckResult, run_check
 from .errors import BackendError, HarnessError, Hang, NotRemoved, QemuCrashed, Refused
 from .scenario import Scenario, plug_of
 from .trace import TraceWriter
@@ -94,13 +94,12 @@ class _Run:
                 # the unplug's own verdict, so a known lost unplug is an expected `fail`
                 # whose diagnosis (`message`) is checked like any other signature
                 snap, _ = self.take_snapshot()
-                raise _CheckFailed([{
-                    "name": "cpu_removed", "passed": False,
-                    "expected": f"slot {e.slot} empty within {e.waited:g} s",
-                    "observed": f"CPU still in slot {e.slot}",
-                    "detail": e.diagnosis.get("why") or "the CPU was not ejected",
-                    "cpus": [], "diagnosis": e.diagnosis}], {"removed": None}, snap) \
-                    from None
+                verdict = CheckResult(
+                    "cpu_removed", False, f"slot {e.slot} empty within {e.waited:g} s",
+                    f"CPU still in slot {e.slot}",
+                    e.diagnosis.get("why") or "the CPU was not ejected").to_dict()
+                raise _CheckFailed([{**verdict, "diagnosis": e.diagnosis}],
+                                   {"removed": None}, snap) from None
         if op == "online":
             return b.online(a["slot"]), None
         if op == "offline":
@@ -119,12 +118,10 @@ class _Run:
                                                     re.M):
                 problems.append(f"output does not match /{a['expect_output']}/")
             if problems:
-                raise _CheckFailed([{"name": "guest", "passed": False,
-                                     "expected": {"rc": a["expect_rc"],
-                                                  "output": a["expect_output"]},
-                                     "observed": {"rc": res.get("rc"),
-                                                  "output": res.get("output", "")[-500:]},
-                                     "detail": "; ".join(problems), "cpus": []}], res)
+                raise _CheckFailed([CheckResult(
+                    "guest", False, {"rc": a["expect_rc"], "output": a["expect_output"]},
+                    {"rc": res.get("rc"), "output": res.get("output", "")[-500:]},
+                    "; ".join(problems)).to_dict()], res)
             return res, None
         if op == "wait":
             return b.wait(a["seconds"]), None

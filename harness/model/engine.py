@@ -34,10 +34,9 @@ _WHERE_CS_EIP = {
 
 class Machine:
     def __init__(self, config, sem, profile, max_steps=500_000, *, early_microcode=None,
-                 hypervisor_bit=None, platform_id=0, defects=None):
+                 hypervisor_bit=None, platform_id=0, defects):
         self.config = config
-        # QEMU's own bugs, reproduced (harness.model.qemu_defects)
-        self.defects = defects if defects is not None else qemu_defects.for_semantics(sem.name)
+        self.defects = defects       # QEMU's own bugs, reproduced (harness.model.qemu_defects)
         self.dead = None             # QemuCrashed once the modelled QEMU has died
         self.heap_corrupted = False  # a CPU was unplugged (defects.heap_corrupted_by_unplug)
         self.sci_lost = None         # why the SCI's IOAPIC pin is stuck (Remote IRR set)

@@ -78,8 +78,7 @@ class Guest:
             self.sci_index = self._pick_sci(exclude=index)
 
     def sci_cpu(self):
-        cpus = {c.index: c for c in self.m.cpus}
-        return cpus.get(self.sci_index, self.m.bsp)
+        return next((c for c in self.m.cpus if c.index == self.sci_index), self.m.bsp)
 
     # --- boot -----------------------------------------------------------------------
     def os_boot(self, bsp):
