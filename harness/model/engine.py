@@ -174,6 +174,16 @@ class Machine:
         self.ipi(src, apic, "sipi", vector)
         yield STEP
 
+    def cpuhp_get_next(self, cpu, selector):
+        """QEMU's CPU hot-plug block: select ``selector``, command GET_NEXT (the next
+        CPU with a pending event), read its selector back; the sequence both OVMF's
+        QemuCpuhpCollectApicIds and the ACPI CSCN method issue (docs/specs/
+        acpi_cpu_hotplug.rst). Returns the data; a value below ``selector`` means none."""
+        self.outl(cpu, HP_LO + hw.CPUHP_SEL, selector)
+        self.outb(cpu, HP_LO + hw.CPUHP_CMD, hw.CPUHP_CMD_GET_NEXT)
+        yield STEP
+        return self.inl(cpu, HP_LO + hw.CPUHP_DATA)
+
     # --- port I/O ---------------------------------------------------------------------
     def outb(self, cpu, port, value, size=1):
         if port == hw.APM_CNT_PORT:

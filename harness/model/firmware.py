@@ -395,10 +395,7 @@ class Ovmf:
         limit = self.possible - 1
         cur = 0
         while cur < self.possible:
-            m.outl(cpu, HP + hw.CPUHP_SEL, cur)
-            m.outb(cpu, HP + hw.CPUHP_CMD, hw.CPUHP_CMD_GET_NEXT)
-            yield STEP
-            pending = m.inl(cpu, HP + hw.CPUHP_DATA)
+            pending = yield from m.cpuhp_get_next(cpu, cur)
             if pending < cur:
                 break
             cur = pending

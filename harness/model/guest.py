@@ -180,10 +180,7 @@ class Guest:
             has_event = True
             while has_event and uid < n:
                 has_event = False
-                m.outl(cpu, HP + hw.CPUHP_SEL, uid)
-                m.outb(cpu, HP + hw.CPUHP_CMD, hw.CPUHP_CMD_GET_NEXT)
-                yield STEP
-                cdat = m.inl(cpu, HP + hw.CPUHP_DATA)
+                cdat = yield from m.cpuhp_get_next(cpu, uid)
                 if cdat < uid:
                     break
                 if len(cnew) >= 255:
