@@ -153,18 +153,27 @@ def _platform(cpu, platform):
     return platform
 
 
+def _not_for_this_cpu(cpu, platform, vendor, trigger):
+    """The refusal of a WRMSR to ``vendor``'s update trigger before looking at the
+    update: QEMU ignores the write, another vendor's CPU has no such MSR. None if the
+    update is to be examined."""
+    old = cpu.ucode_rev
+    if _platform(cpu, platform) == "qemu":
+        return UpdateResult(False, "ignored: QEMU does not implement microcode updates",
+                            old, old)
+    if cpu.vendor != vendor:
+        return UpdateResult(False, f"{trigger}, CPU is {cpu.vendor}", old, old)
+    return None
+
+
 def apply_update(cpu, update_bytes, platform=None):
     """WRMSR 0x79 (IA32_BIOS_UPDT_TRIG) with ``update_bytes`` (one Intel update: header +
     data [+ extended table]). ``platform``: "qemu" / "hardware"; default: the CPU's
     ``sem.wrmsr_ucode`` (or "hardware" for a bare :class:`MicrocodeState`)."""
-    platform = _platform(cpu, platform)
     old = cpu.ucode_rev
-    if platform == "qemu":
-        return UpdateResult(False, "ignored: QEMU does not implement microcode updates",
-                            old, old)
-    if cpu.vendor != INTEL:
-        return UpdateResult(False, f"MSR 0x79 is Intel's update trigger, CPU is {cpu.vendor}",
-                            old, old)
+    refused = _not_for_this_cpu(cpu, platform, INTEL, "MSR 0x79 is Intel's update trigger")
+    if refused:
+        return refused
     res = intel_fmt.parse_intel(bytes(update_bytes), strict=False)
     u = res.updates[0] if res.updates else None
     if u is None or u.offset != 0:      # only the record at the address counts
@@ -186,14 +195,10 @@ def apply_amd_patch(cpu, patch_bytes, platform=None):
     """WRMSR 0xC0010020 (MSR_AMD64_PATCH_LOADER) with one AMD patch (64-byte header +
     body). Under "hardware" the patch level becomes ``patch_id`` when it is newer and
     the patch is for this CPU's family and not chipset-specific."""
-    platform = _platform(cpu, platform)
     old = cpu.ucode_rev
-    if platform == "qemu":
-        return UpdateResult(False, "ignored: QEMU does not implement microcode updates",
-                            old, old)
-    if cpu.vendor != AMD:
-        return UpdateResult(False, f"MSR 0xC0010020 is AMD's patch loader, CPU is "
-                            f"{cpu.vendor}", old, old)
+    refused = _not_for_this_cpu(cpu, platform, AMD, "MSR 0xC0010020 is AMD's patch loader")
+    if refused:
+        return refused
     raw = bytes(patch_bytes)
     if len(raw) < amd_fmt.PATCH_HEADER_SIZE:
         return UpdateResult(False, "invalid patch: shorter than its 64-byte header", old, old)
