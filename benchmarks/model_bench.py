@@ -21,10 +21,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from harness.errors import BackendError  # noqa: E402
+from harness.firmware import known_identity  # noqa: E402
 from harness.machine import CpuPlug, MachineConfig  # noqa: E402
 from harness.model.backend import ModelBackend  # noqa: E402
 
-FIRMWARE = ROOT / "firmware"
+FIRMWARE = known_identity("2022.11-6+deb12u2")
 
 
 def _sequence(rng, sem):

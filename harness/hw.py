@@ -120,6 +120,17 @@ FIRST_SMI_CONTEXT = DEFAULT_SMBASE            # FIRST_SMI_HANDLER_CONTEXT at 0x3
 FIRST_SMI_HANDLER = DEFAULT_SMBASE + SMI_ENTRY_OFFSET  # copied to 0x38000
 APIC_ID_GATE_CLOSED = 0xFFFF_FFFF_FFFF_FFFF   # MAX_UINT64
 INVALID_APIC_ID = 0xFFFF_FFFF_FFFF_FFFF
+OVMF_Q35_TSEG_MBYTES_DEFAULT = 8  # PcdQ35TsegMbytes: used when the ext-TSEG query fails
+OVMF_POST_SMM_PEN = 0x9F000       # CpuHotplugSmm pen page (observed CS=9f00 in the hang)
+OVMF_PEN_FLAG_OFFSET = 0xFFF      # last byte of the pen page: "SMM vacated" flag
+
+# --- edk2 SMBASE tiles (UefiCpuPkg PiSmmCpuDxeSmm / SmmRelocationLib) -----------------
+# TileSize = 2 * 2^ceil(log2(TileCodeSize + TileDataSize)): 0x2000 in OVMF, both
+# generations (PiSmmCpuDxeSmm.c SmmRelocateBases; SmmRelocationLib.c SmmRelocationInit)
+EDK2_SMM_TILE_SIZE = 0x2000
+# OvmfPkg/PlatformPei/MemDetect.c CreateSmmSmramMemoryHob (>= stable202405): the last
+# SMRAM descriptor's CpuStart = TsegBase + EFI_PAGE_SIZE, where SmmRelocationLib puts tile 0
+EDK2_PEI_SMM_CPU_START_OFFSET = 0x1000
 
 # --- Intel microcode MSRs (Intel SDM Vol. 4) ----------------------------------------
 MSR_IA32_PLATFORM_ID = 0x17
@@ -139,8 +150,4 @@ QEMU64_FAMILY = 15                # qemu64: AMD vendor, family 15 model 107 step
 QEMU64_MODEL = 107
 QEMU64_STEPPING = 1
 
-# --- OVMF (more) ---------------------------------------------------------------------
-OVMF_Q35_TSEG_MBYTES_DEFAULT = 8  # PcdQ35TsegMbytes: used when the ext-TSEG query fails
-OVMF_POST_SMM_PEN = 0x9F000       # CpuHotplugSmm pen page (observed CS=9f00 in the hang)
-OVMF_PEN_FLAG_OFFSET = 0xFFF      # last byte of the pen page: "SMM vacated" flag
 CPUHP_LEGACY_LEN = 32             # legacy (pre-modern) CPU present bitmap block length

@@ -7,6 +7,6 @@ hot-plug register block), ``firmware`` (OVMF with/without SMM), ``guest`` (Linux
 """
 from .backend import ModelBackend
 from .cpu import KVM, TCG, CpuSemantics
-from .firmware import FirmwareProfile
+from ..firmware import FirmwareProfile
 
 __all__ = ["ModelBackend", "CpuSemantics", "KVM", "TCG", "FirmwareProfile"]

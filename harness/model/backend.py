@@ -1,8 +1,10 @@
 """``ModelBackend``: the Backend contract on top of the pure-Python model.
 
 ``semantics`` is "tcg", "kvm" or a :class:`~harness.model.cpu.CpuSemantics` (for
-deliberately different machines); ``profile_overrides`` replaces fields of the firmware
-profile (e.g. ``{"smbase_stride": 0x1000}``, ``{"skip_known_apic_ids": False}``).
+deliberately different machines); ``firmware`` is the identity of the image the
+model stands for (:class:`harness.firmware.FirmwareIdentity`, by default that of the
+image the QEMU backend would discover); ``profile_overrides`` replaces fields of the
+firmware profile (e.g. ``{"smbase_stride": 0x1000}``, ``{"skip_known_apic_ids": False}``).
 
 ``guest(command)``: the model cannot run shell commands. It answers a few read-only
 commands from its own state (``nproc``, ``cat /sys/devices/system/cpu/online``,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import firmware as fwmod
 from ..backend import UNPLUG_TIMEOUT, Backend
 from ..errors import BackendError, ConfigError, Hang, NotRemoved, Refused
 from ..machine import CpuPlug, MachineConfig
@@ -33,7 +36,6 @@ from dataclasses import replace
 from .cpu import semantics as to_semantics
 from .microcode import PLATFORMS as UCODE_PLATFORMS, revision_of
 from .engine import Machine
-from .firmware import load_profile
 from .qemu_defects import ALL as ALL_DEFECTS, QemuDefects, for_semantics as defects_for
 
 
@@ -60,7 +62,7 @@ def _ranges(nums):
 class ModelBackend(Backend):
     name = "model"
 
-    def __init__(self, semantics="tcg", firmware_dir=Path("firmware"), *,
+    def __init__(self, semantics="tcg", firmware=None, *,
                  profile_overrides=None, max_steps=500_000, microcode_platform=None,
                  early_microcode=None, hypervisor_bit=None, platform_id=0,
                  qemu_defects=None):
@@ -78,7 +80,7 @@ class ModelBackend(Backend):
         self.early_microcode = bytes(early_microcode) if early_microcode else None
         self.hypervisor_bit = hypervisor_bit
         self.platform_id = platform_id
-        self.firmware_dir = firmware_dir
+        self.firmware = firmware
         self.profile_overrides = dict(profile_overrides or {})
         self.max_steps = max_steps
         self.m = None
@@ -106,11 +108,21 @@ class ModelBackend(Backend):
         return {"index": cpu.index, "apic_id": cpu.apic_id, "smbase": cpu.smbase,
                 "in_smm": cpu.in_smm}
 
+    def _profile(self, name):
+        profile = fwmod.load_profile(name)
+        if profile.smm:
+            ident = self.firmware
+            if ident is None:
+                ident = fwmod.resolve(name)[0].identity
+            profile = profile.with_identity(ident)
+            if profile.layout is None:
+                profile.smbase(0, 1, 0, 0)       # raises: layout unknown, say how to learn
+        return profile.with_overrides(**self.profile_overrides)
+
     # --- Backend ------------------------------------------------------------------------
     def start(self, machine: MachineConfig, run_dir: Path, paused: bool) -> dict:
         machine.validate()
-        self.profile = load_profile(self.firmware_dir, machine.firmware,
-                                    self.profile_overrides)
+        self.profile = self._profile(machine.firmware)
         try:
             self.m = Machine(machine, self.sem, self.profile, max_steps=self.max_steps,
                              early_microcode=self.early_microcode,
@@ -260,7 +272,9 @@ class ModelBackend(Backend):
     def info(self) -> dict:
         return {"backend": "model", "semantics": self.sem.name,
                 "qemu_defects": self.defects.name,
-                "firmware": self.profile.name if self.profile else None}
+                "firmware": self.profile.name if self.profile else None,
+                "firmware_identity": (self.profile.identity.describe()
+                                      if self.profile and self.profile.identity else None)}
 
     def close(self) -> None:
         self.m = None

@@ -3,9 +3,10 @@
 Boot (on the BSP): PEI switches the CPU hot-plug block to modern and counts CPUs,
 queries extended TSEG and SMRAM-at-default-SMBASE, programs TSEG; DXE enables
 APMC SMIs and negotiates SMI features (SmmControl2Dxe), starts the APs
-(MpInitLib INIT-SIPI-SIPI), relocates every present CPU (PiSmmCpuDxeSmm of edk2
-<= stable202402, one directed SMI at a time, processor numbers in APIC id order)
-into the profile's SMBASE tiles, loads CpuHotplugSmm (pen + first SMI handler at
+(MpInitLib INIT-SIPI-SIPI), relocates every present CPU (one directed SMI at a time,
+processor numbers in APIC id order) into the tiles of the image's edk2 generation
+(``harness.firmware``: PiSmmCpuDxeSmm in DXE up to stable202402, SmmRelocationLib in
+PEI from stable202405; the order of SMIs is the same, the addresses differ), loads CpuHotplugSmm (pen + first SMI handler at
 0x38000), locks SMRAM at ReadyToLock, then hands over to the guest OS.
 
 Runtime SMM: every SMI enters ``smm_entry`` (SmiRendezvous): the BSP (monarch) runs
@@ -17,12 +18,10 @@ Firmware errors that edk2 turns into ASSERT/CpuDeadLoop are modelled as a dead l
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 
 from .. import hw
-from ..errors import ConfigError
+from ..firmware import FirmwareProfile
 from .cpu import HALT, SPIN, STEP
 
 INVALID = hw.INVALID_APIC_ID
@@ -30,71 +29,6 @@ FW_AP_VECTOR = 0x9E          # where the model's MpInitLib parks APs (a HLT loop
 PMBASE = hw.ICH9_PMBASE_VALUE
 SMI_EN_PORT = PMBASE + hw.SMI_EN_OFFSET
 HP = hw.CPUHP_BASE
-
-
-@dataclass
-class FirmwareProfile:
-    name: str
-    smm: bool
-    smbase_stride: int | None = None
-    smbase_top_gap: int | None = None
-    negotiates_smi_features: bool = False
-    delay_smm_exit: bool = False
-    # the smallest TSEG the firmware's SMRAM fits in (measured, see firmware/*.json);
-    # below it the firmware stops in DXE before any SMBASE is relocated
-    min_tseg_mbytes: int | None = None
-    # edk2 behaviour not in the JSON profiles (defaults = real OVMF); knobs for tests
-    skip_known_apic_ids: bool = True        # race fix 1 (bugzilla 2929)
-    directed_smi_before_init: bool = True   # race fix 2 (bugzilla 2929)
-    pen_address: int = hw.OVMF_POST_SMM_PEN
-    tseg_mbytes_default: int = hw.OVMF_Q35_TSEG_MBYTES_DEFAULT
-    raw: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_dict(cls, d):
-        layout = d.get("layout") or {}
-        hp = d.get("hotplug") or {}
-        return cls(name=d["name"], smm=bool(d.get("smm")),
-                   smbase_stride=layout.get("smbase_stride"),
-                   smbase_top_gap=layout.get("smbase_top_gap"),
-                   negotiates_smi_features=bool(hp.get("negotiates_smi_features", d.get("smm"))),
-                   delay_smm_exit=bool(hp.get("delay_smm_exit", False)),
-                   min_tseg_mbytes=(d.get("smram") or {}).get("min_tseg_mbytes"), raw=d)
-
-    def with_overrides(self, **kw):
-        return replace(self, **kw)
-
-    def smbase(self, tseg_top, maxcpus, fw_slot):
-        """SmBase[slot] = tseg_top - gap - maxcpus * stride + slot * stride."""
-        return (tseg_top - self.smbase_top_gap - maxcpus * self.smbase_stride
-                + fw_slot * self.smbase_stride)
-
-
-def find_firmware_dir(firmware_dir):
-    p = Path(firmware_dir)
-    if p.is_dir():
-        return p
-    repo = Path(__file__).resolve().parents[2] / "firmware"
-    if not p.is_absolute() and repo.is_dir():
-        return repo
-    raise ConfigError(f"firmware directory {str(firmware_dir)!r} not found")
-
-
-def load_profile(firmware_dir, name, overrides=None):
-    d = find_firmware_dir(firmware_dir)
-    path = d / f"{name}.json"
-    if not path.is_file():
-        names = sorted(f.stem for f in d.glob("*.json"))
-        raise ConfigError(f"unknown firmware profile {name!r} (have: {', '.join(names)})")
-    try:
-        prof = FirmwareProfile.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"{path}: bad firmware profile: {e}") from None
-    if prof.smm and (prof.smbase_stride is None or prof.smbase_top_gap is None):
-        raise ConfigError(f"{path}: SMM profile needs layout.smbase_stride/smbase_top_gap")
-    if overrides:
-        prof = prof.with_overrides(**overrides)
-    return prof
 
 
 class _Session:
@@ -273,7 +207,7 @@ class Ovmf:
         bsp.where = "firmware:pismmcpu"
         n = self.possible
         tseg_top = m.mch.tseg_base + m.mch.tseg_size
-        self.smbase_tbl = [prof.smbase(tseg_top, n, i) for i in range(n)]
+        self.smbase_tbl = [prof.smbase(i, n, m.mch.tseg_base, tseg_top) for i in range(n)]
         lowest = self.smbase_tbl[0] + hw.SMI_ENTRY_OFFSET
         if n and (m.mch.tseg_size == 0 or lowest < m.mch.tseg_base):
             yield from self._fatal(bsp, "SMRAM too small for the SMBASE tiles")

@@ -1,0 +1,40 @@
+"""Every environment variable the harness reads, in one place, read when asked (never at
+import time, so a test or a CI job can set one before a run). The README lists them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: name -> what it does (the README's table is this one)
+VARIABLES = {
+    "SMM_HARNESS_QEMU": "QEMU binary or build name when --qemu is not given",
+    "SMM_HARNESS_CACHE": "cache of fetched builds and learned firmware layouts "
+                         "(default ~/.cache/smm-hotplug-harness)",
+    "SMM_HARNESS_BOOT_TIMEOUT": "seconds a boot may take before it is diagnosed (120)",
+    "SMM_HARNESS_TCG_THREAD": "default TCG threading, single or multi (single)",
+    "SMM_HARNESS_MIGRATE_AFTER_UNPLUG": "1: take migration snapshots even after an "
+                                        "unplug (QEMU 7.2 aborts on them)",
+}
+
+
+def get(name, default=None):
+    if name not in VARIABLES:
+        raise KeyError(f"undocumented environment variable {name}")
+    return os.environ.get(name, default)
+
+
+def cache_dir() -> Path:
+    d = get("SMM_HARNESS_CACHE")
+    return Path(d) if d else Path.home() / ".cache" / "smm-hotplug-harness"
+
+
+def boot_timeout() -> float:
+    return float(get("SMM_HARNESS_BOOT_TIMEOUT", "120"))
+
+
+def tcg_thread_default() -> str:
+    return get("SMM_HARNESS_TCG_THREAD", "single")
+
+
+def migrate_after_unplug() -> bool:
+    return get("SMM_HARNESS_MIGRATE_AFTER_UNPLUG") == "1"
