@@ -1,14 +1,12 @@
 """What a machine is, independent of who runs it (real QEMU or the model)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
+from . import settings
 from .errors import ConfigError
 
 ACCELS = ("tcg", "kvm", "auto")
-# TCG threading of machines that do not say (harness/qemu/vm.py explains the choice)
-DEFAULT_TCG_THREAD = os.environ.get("SMM_HARNESS_TCG_THREAD", "single")
 
 
 @dataclass
@@ -51,7 +49,7 @@ class MachineConfig:
 
     @property
     def effective_tcg_thread(self):
-        return self.tcg_thread or DEFAULT_TCG_THREAD
+        return self.tcg_thread or settings.tcg_thread_default()
 
     @property
     def low_ram_bytes(self):

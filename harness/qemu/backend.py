@@ -8,12 +8,12 @@ tail), keeps it in the run directory, and raises ``Hang`` with it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 from .. import firmware as fwmod
+from .. import settings
 from .. import hw
 from ..backend import UNPLUG_TIMEOUT, Backend
 from ..errors import BackendError, Hang, NotRemoved, QemuCrashed, QemuError, Refused
@@ -24,8 +24,6 @@ from .qmp import QmpCommandError
 from .vm import KERNEL_CMDLINE, QemuVM
 
 # Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
-# SMM_HARNESS_BOOT_TIMEOUT overrides the boot deadline (slow CI hosts, or tests).
-BOOT_TIMEOUT = float(os.environ.get("SMM_HARNESS_BOOT_TIMEOUT", "120"))
 COMMAND_TIMEOUT = 30.0
 HOTPLUG_TIMEOUT = 30.0
 AGENT_PROBE = 4.0          # an unanswered agent probe makes us look at the CPUs
@@ -34,7 +32,6 @@ MIGRATE_TIMEOUT = 60.0
 # another CPU's 0xB2 write): "left in SMM" means still there after this long.
 SMM_SETTLE = 2.0
 SMM_SETTLE_POLL = 0.25
-MIGRATE_AFTER_UNPLUG = os.environ.get("SMM_HARNESS_MIGRATE_AFTER_UNPLUG") == "1"
 # Agent snippet: one line per Linux CPU: "<n> <ACPI path> <online>"; then /proc/cpuinfo.
 CPU_LIST_CMD = (
     'for d in /sys/devices/system/cpu/cpu[0-9]*; do n=${d##*cpu}; '
@@ -178,7 +175,7 @@ class QemuBackend(Backend):
 
     def boot(self, timeout=None) -> dict:
         from .agent import GuestAgent
-        timeout = timeout or BOOT_TIMEOUT
+        timeout = timeout or settings.boot_timeout()
         t0 = time.monotonic()
         self._qmp("cont")
         self.running = True
@@ -333,9 +330,9 @@ class QemuBackend(Backend):
         t0 = time.monotonic()
         self._qmp("system_reset")
         try:
-            self.agent.wait_ready(BOOT_TIMEOUT)
+            self.agent.wait_ready(settings.boot_timeout())
         except Hang:
-            raise self._hang(f"guest did not come back within {BOOT_TIMEOUT:.0f} s of "
+            raise self._hang(f"guest did not come back within {settings.boot_timeout():.0f} s of "
                              f"system_reset") from None
         except BackendError:
             self.vm.raise_if_crashed()
@@ -413,7 +410,7 @@ class QemuBackend(Backend):
         self._require_alive()
         deadline = time.monotonic() + SMM_SETTLE
         while True:
-            if self.unplugged and not MIGRATE_AFTER_UNPLUG:
+            if self.unplugged and not settings.migrate_after_unplug():
                 snap = self._qmp_snapshot()
             else:
                 snap, _ = self._migrate_snapshot()
@@ -469,7 +466,7 @@ class QemuBackend(Backend):
         except Exception as e:
             d["query_cpus_fast_error"] = str(e)
         try:
-            if self.unplugged and not MIGRATE_AFTER_UNPLUG:
+            if self.unplugged and not settings.migrate_after_unplug():
                 snap, path = self._qmp_snapshot(), None
             else:
                 snap, path = self._migrate_snapshot(keep=True)

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import weakref
 
+from .. import settings
 from ..errors import ConfigError
 
 PR_SET_PDEATHSIG = 1
@@ -84,7 +85,7 @@ def install_signal_handlers():
 
 def resolve_binary(path=None):
     """The QEMU binary to run: an explicit path, $SMM_HARNESS_QEMU, or the system one."""
-    name = path or os.environ.get("SMM_HARNESS_QEMU") or "qemu-system-x86_64"
+    name = path or settings.get("SMM_HARNESS_QEMU") or "qemu-system-x86_64"
     found = shutil.which(name) if os.sep not in name else (name if os.path.isfile(name) else None)
     if not found:
         raise ConfigError(f"QEMU binary not found: {name}")

@@ -18,7 +18,8 @@ import pexpect.fdpexpect
 
 from .. import hw
 from ..errors import ConfigError, QemuCrashed, QemuError
-from ..machine import DEFAULT_TCG_THREAD, MachineConfig
+from .. import settings
+from ..machine import MachineConfig
 from . import process
 from .qmp import QmpSession
 
@@ -36,7 +37,7 @@ KERNEL_CMDLINE = "console=ttyS0 panic=0 quiet loglevel=3 nokaslr"
 # scenarios that unplug CPUs say `tcg_thread: multi`. SMM_HARNESS_TCG_THREAD sets the
 # default for machines that do not say.
 def accel_arg(accel, thread=None):
-    return f"tcg,thread={thread or DEFAULT_TCG_THREAD}" if accel == "tcg" else accel
+    return f"tcg,thread={thread or settings.tcg_thread_default()}" if accel == "tcg" else accel
 
 
 def _prop_value(v):
