@@ -15,8 +15,10 @@ def _add_run_options(p, backend=True):
     if backend:
         p.add_argument("--backend", choices=BACKEND_CHOICES, default="qemu")
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    p.add_argument("--qemu", help="QEMU binary (default: qemu-system-x86_64)")
-    p.add_argument("--firmware", help="firmware profile name (firmware/*.json)")
+    p.add_argument("--qemu", help="QEMU build name (see 'builds list') or binary "
+                   "(default: qemu-system-x86_64)")
+    p.add_argument("--firmware", help="OVMF build name (see 'builds list') or code image "
+                   "(default: the system's, found through QEMU's firmware descriptors)")
     p.add_argument("--ovmf-code", help="OVMF code image of your own SMM build")
     p.add_argument("--ovmf-vars", help="OVMF vars template for --ovmf-code")
 
@@ -29,38 +31,34 @@ def _options(a) -> Options:
 
 def cmd_run(a):
     from . import scenario as scnmod
-    from .compare import compare_traces, format_divergence
+    from .compare import format_divergence
     from .report import failure_report
-    from .session import resolve_accel, run_one
+    from .session import PairResult, run_backends
     opts = _options(a)
     files = scnmod.discover(a.files)
     if not files:
         raise HarnessError("no scenario files given")
-    scenarios = [scnmod.load(f) for f in files]     # all errors before any VM starts
-    backends = ["qemu", "model"] if opts.backend == "both" else [opts.backend]
+    scenarios = scnmod.load_all(files)     # every error of every file before any VM starts
     failed = 0
     for scn in scenarios:
-        results = {}
-        for b in backends:
-            accel = resolve_accel(opts, b)
-            if b not in scn.backends:
-                print(f"SKIP {scn.name} [{b}]: not meant for the {b} backend")
+        for item in run_backends(scn, opts):
+            if isinstance(item, PairResult):
+                if item.divergence is not None:
+                    failed += 1
+                    print(f"DIFF {scn.name}: model and QEMU diverge")
+                    print(format_divergence(item.divergence))
                 continue
-            if accel not in scn.accels:
-                print(f"SKIP {scn.name} [{b}]: runs only under {'/'.join(scn.accels)}")
+            b, accel, r = item
+            if isinstance(r, str):
+                print(f"SKIP {scn.name} [{b}]: {r}")
                 continue
-            r = run_one(scn, b, opts, accel)
-            results[b] = r
-            print(f"{'ok  ' if r.met else 'FAIL'} {scn.name} [{b}, {accel}]: {r.reason}")
+            word = "ok  " if r.met else "FAIL"
+            if r.met and r.expectation is not None and r.expectation.bug:
+                word = "bug "
+            print(f"{word} {scn.name} [{b}, {accel}]: {r.reason}")
             if not r.met:
                 failed += 1
                 print(failure_report(r))
-        if len(results) == 2:
-            div = compare_traces(results["qemu"].trace_path, results["model"].trace_path)
-            if div is not None:
-                failed += 1
-                print(f"DIFF {scn.name}: model and QEMU diverge")
-                print(format_divergence(div))
     return 1 if failed else 0
 
 
@@ -83,22 +81,21 @@ def cmd_diff(a):
 def cmd_probe(a):
     from .machine import CpuPlug, MachineConfig
     from .qemu.backend import QemuBackend
-    from .scenario import MEMORY_RE
-    from .session import resolve_accel
-    m = MEMORY_RE.match(a.memory)
-    if not m:
-        raise HarnessError(f"--memory: expected a size like 512M or 2G, got {a.memory!r}")
-    mib = int(m.group(1)) * (1024 if m.group(2).upper() == "G" else 1)
+    from .machine import parse_memory
+    from .session import resolve_accel, resolve_target
+    mib = parse_memory(a.memory, "--memory")
     maxcpus = a.maxcpus or a.smp + a.coldplug
     if a.smp + a.coldplug > maxcpus:
         raise HarnessError(f"--smp {a.smp} + --coldplug {a.coldplug} exceeds "
                            f"--maxcpus {maxcpus}")
     opts = _options(a)
     machine = MachineConfig(cpus=a.smp, maxcpus=maxcpus, memory_mib=mib,
-                            tseg_mbytes=a.tseg_mbytes, firmware=a.firmware or "ovmf-smm",
-                            cpu_model=a.cpu, accel=resolve_accel(opts, "qemu"))
+                            tseg_mbytes=a.tseg_mbytes, cpu_model=a.cpu,
+                            accel=resolve_accel(opts, "qemu"))
     run_dir = Path(a.run_dir or "runs/probe")
-    b = QemuBackend(qemu=a.qemu, ovmf_code=a.ovmf_code, ovmf_vars=a.ovmf_vars)
+    t = resolve_target(opts)
+    b = QemuBackend(qemu=t.qemu_binary, ovmf_code=t.ovmf_code, ovmf_vars=t.ovmf_vars,
+                    firmware_version=t.firmware_version)
     try:
         b.start(machine, run_dir, paused=True)
         for i in range(a.coldplug):
@@ -153,8 +150,9 @@ def build_parser():
     _add_run_options(pr, backend=False)
     pr.set_defaults(func=cmd_probe)
 
-    from . import images
+    from . import builds, images
     images.register(sub)
+    builds.register(sub)
     try:
         from .microcode import cli as mcli
         mcli.register(sub)
@@ -167,7 +165,12 @@ def main(argv=None):
     from .qemu.process import install_signal_handlers
     install_signal_handlers()
     parser = build_parser()
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="say what the harness does (-v: info, -vv: debug)")
     a = parser.parse_args(argv)
+    import logging
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(a.verbose, 2)],
+                        format="%(name)s: %(message)s")
     try:
         return a.func(a)
     except HarnessError as e:

@@ -1,12 +1,29 @@
 """What a machine is, independent of who runs it (real QEMU or the model)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import settings
 from .errors import ConfigError
 
 ACCELS = ("tcg", "kvm", "auto")
+MEMORY_RE = re.compile(r"^(\d+)\s*([MG])i?B?$", re.I)
+
+
+def parse_memory(value, what="memory"):
+    """MiB of a size like 512M, 2G or a plain number of MiB (one parser for the
+    scenario loader and the CLI)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mib = value
+    else:
+        m = MEMORY_RE.match(str(value).strip())
+        if not m:
+            raise ConfigError(f"{what}: expected a size like 512M or 2G, got {value!r}")
+        mib = int(m.group(1)) * (1024 if m.group(2).upper() == "G" else 1)
+    if not 128 <= mib <= 1 << 20:
+        raise ConfigError(f"{what}: {mib} MiB out of range (128 MiB .. 1 TiB)")
+    return mib
 
 
 @dataclass

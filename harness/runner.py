@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import __version__
+from . import __version__, known_bugs
 from .checks import CheckContext, CheckResult, run_check
 from .errors import BackendError, HarnessError, Hang, NotRemoved, QemuCrashed, Refused
-from .scenario import Scenario, plug_of
+from .scenario import Expectation, Scenario, plug_of
 from .trace import TraceWriter
 
 APM_NO_SMI = (0x02, 0x03)   # ACPI enable/disable values of APM_CNT raise no SMI (hw.py)
@@ -32,19 +32,39 @@ class RunResult:
     trace_path: Path | None = None
     run_dir: Path | None = None
     last_snapshot: dict | None = None
+    expectation: Expectation | None = None
+    qemu_version: str | None = None
     steps_done: int = 0
     durations: dict = field(default_factory=dict)
 
 
-def judge(expect, outcome):
-    """(met, explanation) for an outcome against an Expectation."""
+def judge(expect, outcome, qemu_version=None):
+    """(met, explanation) for an outcome against an Expectation, saying which known bug
+    reproduced, vanished, or is not one of this build's."""
+    met, why = _judge(expect, outcome)
+    on = f" on QEMU {qemu_version}" if qemu_version else ""
+    if expect.bug:
+        bug = known_bugs.get(expect.bug)
+        if met:
+            return True, f"known bug {bug.name} reproduced{on}: {why}"
+        return False, (f"known bug {bug.name} expected{on} ({bug.scope()}) but not "
+                       f"reproduced: {why}")
+    if expect.absent_bug:
+        bug = known_bugs.get(expect.absent_bug)
+        note = f"known bug {bug.name} not present{on} (it affects {bug.scope()})"
+        return met, f"{note}; {why}"
+    return met, why
+
+
+def _judge(expect, outcome):
     got = outcome["outcome"]
     where = f" at step {outcome['step']} ({outcome.get('op')})" if outcome.get("step") else ""
     if got != expect.outcome:
         extra = outcome.get("message") or ""
         if got == "pass" and expect.outcome in ("hang", "refused", "fail", "crash"):
-            extra = (f"the expected {expect.outcome} did not happen: if the bug is fixed, "
-                     f"update the scenario's expectation")
+            extra = (f"the expected {expect.outcome} did not happen"
+                     + ("" if expect.bug else ": if the bug is fixed, update the "
+                        "scenario's expectation"))
         return False, f"expected {expect.outcome}, got {got}{where}" + \
             (f": {extra}" if extra else "")
     if expect.step is not None and outcome.get("step") != expect.step:
@@ -153,15 +173,19 @@ class _CheckFailed(Exception):
         self.results, self.result, self.snapshot = results, result, snapshot
 
 
-def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path) -> RunResult:
-    """Run ``scn`` on ``backend`` (already constructed, not started); always closes it."""
+def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_version=None,
+                 firmware_edk2=None) -> RunResult:
+    """Run ``scn`` on ``backend`` (already constructed, not started); always closes it.
+    The expectation judged is the one in force for the build (``qemu_version``,
+    ``firmware_edk2``): a known bug's only where that build has it."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    machine = scn.machine
-    machine.accel = accel
+    machine = replace(scn.machine, accel=accel)
+    expectation = scn.expectation(accel, qemu_version, firmware_edk2)
     header = {"scenario": scn.name, "file": str(scn.path), "backend": backend.name,
               "accel": accel, "harness": __version__, "machine": machine.__dict__,
-              "expect": scn.expectation(accel).__dict__}
+              "expect": expectation.summary(),
+              "build": {"qemu_version": qemu_version, "firmware_edk2": firmware_edk2}}
     trace = None
     outcome = {"outcome": "pass"}
     steps_done = 0
@@ -228,13 +252,14 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path) -> RunResul
             if outcome["outcome"] == "error":
                 met, reason = False, outcome.get("message", "error")
             else:
-                met, reason = judge(scn.expectation(accel), outcome)
+                met, reason = judge(expectation, outcome, qemu_version)
             trace.end({"outcome": {k: v for k, v in outcome.items() if k != "snapshot"},
                        "met": met, "reason": reason,
                        "duration": round(time.monotonic() - t_start, 3)})
             trace.close()
     return RunResult(scenario=scn, backend=backend.name, accel=accel, outcome=outcome,
-                     met=met, reason=reason, trace_path=Path(trace_path), run_dir=run_dir,
+                     met=met, reason=reason, expectation=expectation,
+                     qemu_version=qemu_version, trace_path=Path(trace_path), run_dir=run_dir,
                      last_snapshot=last, steps_done=steps_done)
 
 

@@ -7,14 +7,15 @@ documented key by key in docs/scenarios.md.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
 from . import firmware as fwmod
-from .errors import ScenarioError
-from .machine import ACCELS, CpuPlug, MachineConfig
+from . import known_bugs
+from .errors import ConfigError, ScenarioError
+from .machine import ACCELS, CpuPlug, MachineConfig, parse_memory
 
 OUTCOMES = ("pass", "refused", "hang", "fail", "crash")
 STEP_OPS = ("boot", "coldplug", "hotplug", "unplug", "online", "offline", "smi", "guest",
@@ -29,7 +30,6 @@ CHECKS = {
 # Verdicts of steps other than `check`, which a `fail` expectation may name too.
 STEP_VERDICTS = {"guest": "a guest step's exit status or output",
                  "cpu_removed": "an unplug step's CPU still in its slot"}
-MEMORY_RE = re.compile(r"^(\d+)\s*([MG])i?B?$", re.I)
 
 
 @dataclass
@@ -50,7 +50,15 @@ class Expectation:
     in_smm: list | None = None        # hang: cpu indexes in SMM
     halted: list | None = None        # hang: cpu indexes halted
     check: str | None = None          # fail: the check that must fail
+    bug: str | None = None            # a known bug (harness.known_bugs) this reproduces
+    otherwise: "Expectation | None" = None   # where the bug's builds are not in use
+    absent_bug: str | None = None     # set on the expectation used instead of a bug's
     line: int = 0
+
+    def summary(self):
+        d = {k: v for k, v in self.__dict__.items()
+             if v is not None and k not in ("otherwise", "line")}
+        return d
 
 
 @dataclass
@@ -64,8 +72,19 @@ class Scenario:
     expect: dict = field(default_factory=dict)   # accel -> Expectation
     backends: tuple = ("qemu", "model")
 
-    def expectation(self, accel):
-        return self.expect.get(accel) or self.expect.get("any") or Expectation()
+    def expectation(self, accel, qemu_version=None, firmware_edk2=None):
+        """The expectation in force for a run: a known bug's where the build has it,
+        else the plain one (``otherwise``, by default pass), marked with the bug that
+        this build does not have."""
+        e = self.expect.get(accel) or self.expect.get("any") or Expectation()
+        if e.bug and not known_bugs.get(e.bug).affects(accel, qemu_version, firmware_edk2):
+            return replace(e.otherwise or Expectation(line=e.line), absent_bug=e.bug)
+        return e
+
+    def expectation_line(self):
+        """0-based line of the expectation (pytest's item location), else 0."""
+        lines = [e.line for e in self.expect.values() if e.line]
+        return min(lines) - 1 if lines else 0
 
     @property
     def needs_paused_start(self):
@@ -151,17 +170,10 @@ def _number(ctx, node, key, lo=0.0, hi=3600.0):
 
 
 def _memory(ctx, node, key):
-    v = _scalar(ctx, node, key)
-    if isinstance(v, int) and not isinstance(v, bool):
-        mib = v
-    else:
-        m = MEMORY_RE.match(str(v).strip())
-        if not m:
-            raise ctx.err(node, key, f"expected a size like 512M or 2G, got {v!r}")
-        mib = int(m.group(1)) * (1024 if m.group(2).upper() == "G" else 1)
-    if not 128 <= mib <= 1 << 20:
-        raise ctx.err(node, key, f"{mib} MiB out of range (128 MiB .. 1 TiB)")
-    return mib
+    try:
+        return parse_memory(_scalar(ctx, node, key), key)
+    except ConfigError as e:
+        raise ctx.err(node, key, str(e).split(": ", 1)[1]) from None
 
 
 def _props(ctx, node, key):
@@ -364,7 +376,8 @@ def _expectation(ctx, node, key, nsteps):
             raise ctx.err(node, key, f"outcome {outcome} needs details "
                           f"({'check' if outcome == 'fail' else 'message'})")
         return Expectation(outcome=outcome, line=node.start_mark.line + 1)
-    m = _mapping(ctx, node, key, {"outcome", "step", "message", "in_smm", "halted", "check"})
+    m = _mapping(ctx, node, key, {"outcome", "step", "message", "in_smm", "halted", "check",
+                                  "bug", "otherwise"})
     if "outcome" not in m:
         raise ctx.err(node, f"{key}.outcome", "missing")
     e = Expectation(outcome=_str(ctx, m["outcome"], f"{key}.outcome"),
@@ -376,7 +389,7 @@ def _expectation(ctx, node, key, nsteps):
                "hang": {"step", "in_smm", "halted"},
                "fail": {"step", "check", "message"}}[e.outcome]
     for k, v in m.items():
-        if k != "outcome" and k not in allowed:
+        if k not in ("outcome", "bug", "otherwise") and k not in allowed:
             raise ctx.err(v, f"{key}.{k}", f"not used with outcome {e.outcome}")
     if "step" in m:
         e.step = _int(ctx, m["step"], f"{key}.step", 1, nsteps)
@@ -394,6 +407,21 @@ def _expectation(ctx, node, key, nsteps):
             raise ctx.err(m["check"], f"{key}.check", f"unknown check {e.check!r}")
     if e.outcome == "fail" and not e.check:
         raise ctx.err(node, f"{key}.check", "missing (which check is expected to fail)")
+    if "bug" in m:
+        e.bug = _str(ctx, m["bug"], f"{key}.bug")
+        if e.bug not in known_bugs.BY_NAME:
+            raise ctx.err(m["bug"], f"{key}.bug", f"unknown bug {e.bug!r} (known: "
+                          f"{', '.join(known_bugs.BY_NAME)})")
+        if e.outcome == "pass":
+            raise ctx.err(m["bug"], f"{key}.bug", "a known bug's expectation is the "
+                          "failure it causes, not pass")
+    if "otherwise" in m:
+        if "bug" not in m:
+            raise ctx.err(m["otherwise"], f"{key}.otherwise", "only with bug: (what "
+                          "holds on the builds without it)")
+        e.otherwise = _expectation(ctx, m["otherwise"], f"{key}.otherwise", nsteps)
+        if e.otherwise.bug:
+            raise ctx.err(m["otherwise"], f"{key}.otherwise.bug", "one bug per expectation")
     return e
 
 
@@ -487,6 +515,19 @@ def discover(paths):
         else:
             out.append(p)
     return out
+
+
+def load_all(paths) -> list:
+    """Load every file; if any is malformed, one error listing every bad file's line."""
+    scenarios, errors = [], []
+    for p in paths:
+        try:
+            scenarios.append(load(p))
+        except ScenarioError as e:
+            errors.append(str(e))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return scenarios
 
 
 def plug_of(step) -> CpuPlug:

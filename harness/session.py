@@ -1,12 +1,24 @@
-"""Shared by the CLI and the pytest plugin: options, backends, running and comparing."""
+"""The one orchestration, shared by the CLI and the pytest plugin: what a run targets
+(which QEMU build, which firmware image, which accelerator), running a scenario on a
+backend, and comparing model and QEMU from the same pair of runs.
+
+Run parameters travel in a :class:`Target`, resolved once per set of options; nothing
+here writes them into the scenario. The model stands for the same build as QEMU: it
+takes the QEMU version (for the defects of that version, :mod:`harness.known_bugs`) and
+the firmware image's identity (for its SMBASE layout, :mod:`harness.firmware`).
+"""
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import firmware as fwmod
 from .errors import ConfigError
 from .runner import run_scenario
+
+log = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("qemu", "model", "both")
 
@@ -15,36 +27,101 @@ BACKEND_CHOICES = ("qemu", "model", "both")
 class Options:
     backend: str = "qemu"
     accel: str = "auto"
-    qemu: str | None = None
-    firmware: str | None = None
+    qemu: str | None = None          # a build name (qemu-11.1) or a QEMU binary
+    firmware: str | None = None      # a build name (ovmf-2025.02) or an OVMF code image
     ovmf_code: str | None = None
     ovmf_vars: str | None = None
     trace_dir: Path = Path("runs")
 
 
+@dataclass(frozen=True)
+class Target:
+    """The builds a run is for, resolved from Options."""
+    qemu_binary: str | None = None
+    qemu_version: str | None = None
+    qemu_name: str | None = None              # build name, or None for a path/system
+    ovmf_code: str | None = None              # None: discovered through descriptors
+    ovmf_vars: str | None = None
+    firmware_version: str | None = None
+    firmware_name: str | None = None
+    identity: fwmod.FirmwareIdentity | None = field(default=None, compare=False)
+
+    @property
+    def firmware_edk2(self):
+        return self.identity.edk2 if self.identity else None
+
+    def label(self):
+        q = self.qemu_name or (f"qemu-{self.qemu_version}" if self.qemu_version else "qemu")
+        f = self.firmware_name or (f"ovmf-{self.firmware_version}"
+                                   if self.firmware_version else "ovmf")
+        return f"{q}+{f}"
+
+
+_targets: dict = {}
+
+
+def resolve_target(opts: Options, need_qemu=True) -> Target:
+    """Resolve the QEMU build and firmware image once per distinct options."""
+    key = (opts.qemu, opts.firmware, opts.ovmf_code, opts.ovmf_vars, need_qemu)
+    if key not in _targets:
+        _targets[key] = _resolve_target(opts, need_qemu)
+    return _targets[key]
+
+
+def _resolve_target(opts, need_qemu):
+    from . import builds
+    from .qemu import process
+    binary = version = qname = None
+    try:
+        qb = builds.resolve_qemu(opts.qemu)
+        binary, qname = str(qb.qemu), (qb.name if qb.source != "path" else None)
+        version = process.qemu_version(binary)
+    except ConfigError:
+        if need_qemu:
+            raise
+    code, varsf, fver, fname = opts.ovmf_code, opts.ovmf_vars, None, None
+    if opts.firmware and opts.ovmf_code:
+        raise ConfigError("--firmware and --ovmf-code name the firmware twice: give one")
+    if opts.firmware:
+        fb = builds.resolve_firmware(opts.firmware)
+        code, varsf, fver = str(fb.ovmf_code), str(fb.ovmf_vars), fb.version
+        fname = fb.name if fb.source != "path" else None
+    profile, images = fwmod.resolve("ovmf-smm", code, varsf, version=fver,
+                                    qemu_version=version)
+    ident = profile.identity
+    if ident.layout is None and binary is not None:
+        import sys
+        from .qemu.learn import learn_identity
+        ident = learn_identity(ident, binary, version, str(images.code),
+                               str(images.vars_template),
+                               say=lambda m: print(m, file=sys.stderr))
+    return Target(qemu_binary=binary, qemu_version=version, qemu_name=qname,
+                  ovmf_code=code, ovmf_vars=varsf, firmware_version=images.version,
+                  firmware_name=fname, identity=ident)
+
+
 def resolve_accel(opts: Options, backend: str) -> str:
-    """The accelerator a run targets. The model follows the host unless told otherwise,
-    so that its semantics agree with the QEMU run beside it."""
+    """The accelerator a run targets: what the user said, else what the QEMU build can
+    do on this host (KVM only where it runs SMM guests). The model targets the same."""
     if opts.accel != "auto":
         return opts.accel
     from .qemu import process
-    try:
-        binary = process.resolve_binary(opts.qemu)
-    except ConfigError:
-        if backend == "model":
-            return "tcg"
-        raise
-    return "kvm" if process.kvm_can_do_smm(binary) else "tcg"
+    target = resolve_target(opts, need_qemu=backend != "model")
+    if target.qemu_binary is None:
+        return "tcg"
+    return "kvm" if process.kvm_can_do_smm(target.qemu_binary) else "tcg"
 
 
-def make_backend(name, opts: Options, accel):
+def make_backend(name, target: Target, accel):
     if name == "qemu":
         from .qemu.backend import QemuBackend
-        return QemuBackend(qemu=opts.qemu, firmware=opts.firmware,
-                           ovmf_code=opts.ovmf_code, ovmf_vars=opts.ovmf_vars)
+        return QemuBackend(qemu=target.qemu_binary, ovmf_code=target.ovmf_code,
+                           ovmf_vars=target.ovmf_vars, firmware_version=target.firmware_version)
     if name == "model":
         from .model.backend import ModelBackend
-        return ModelBackend(semantics=accel)
+        from .model.qemu_defects import for_build
+        return ModelBackend(semantics=accel, firmware=target.identity,
+                            qemu_defects=for_build(accel, target.qemu_version))
     raise ConfigError(f"unknown backend {name!r}")
 
 
@@ -55,9 +132,48 @@ def safe(name):
 def run_one(scn, backend_name, opts: Options, accel=None, suffix=""):
     """Run a scenario on one backend; the trace and logs go under the trace dir."""
     accel = accel or resolve_accel(opts, backend_name)
-    if opts.firmware:
-        scn.machine.firmware = opts.firmware
+    target = resolve_target(opts, need_qemu=backend_name != "model")
     base = Path(opts.trace_dir) / f"{safe(scn.name)}-{backend_name}-{accel}{suffix}"
-    backend = make_backend(backend_name, opts, accel)
-    return run_scenario(scn, backend, accel, run_dir=base,
-                        trace_path=base / "trace.jsonl")
+    backend = make_backend(backend_name, target, accel)
+    return run_scenario(scn, backend, accel, run_dir=base, trace_path=base / "trace.jsonl",
+                        qemu_version=target.qemu_version,
+                        firmware_edk2=target.firmware_edk2)
+
+
+@dataclass
+class PairResult:
+    """One scenario on the backends asked for, and, with both, their comparison."""
+    results: dict                    # backend -> RunResult
+    divergence: object = None        # compare.Divergence or None
+
+
+def run_backends(scn, opts: Options):
+    """Run a scenario on the backends of ``opts`` (both: QEMU, then the model standing
+    for the same build) and compare them when both ran. Yields (backend, accel, result
+    or skip reason) as each finishes, then the PairResult."""
+    backends = ["qemu", "model"] if opts.backend == "both" else [opts.backend]
+    results = {}
+    for b in backends:
+        accel = resolve_accel(opts, b)
+        why = skip_reason(scn, b, accel)
+        if why:
+            yield b, accel, why
+            continue
+        results[b] = run_one(scn, b, opts, accel)
+        yield b, accel, results[b]
+    div = None
+    if len(results) == 2:
+        from .compare import compare_traces
+        div = compare_traces(results["qemu"].trace_path, results["model"].trace_path)
+    yield PairResult(results, div)
+
+
+def skip_reason(scn, backend, accel):
+    if backend not in scn.backends:
+        return f"not meant for the {backend} backend"
+    if accel not in scn.accels:
+        if accel == "tcg":
+            return (f"runs only under {'/'.join(scn.accels)}: KVM cannot run SMM guests "
+                    f"on this host (or --accel tcg was given)")
+        return f"runs only under {'/'.join(scn.accels)}"
+    return None

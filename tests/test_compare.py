@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 from harness import scenario
+from harness.firmware import known_identity
 from harness.compare import compare_traces, format_divergence
 from harness.model.backend import ModelBackend
 from harness.model.cpu import TCG
 from harness.runner import run_scenario
+
+FIRMWARE = known_identity("2022.11-6+deb12u2")   # the image modelled: Debian 12 OVMF
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,16 +25,16 @@ def run(tmp_path, name, backend, tag):
 
 
 def test_same_model_twice_agrees(tmp_path):
-    a = run(tmp_path, "unplug-coldplugged", ModelBackend("tcg"), "a")
-    b = run(tmp_path, "unplug-coldplugged", ModelBackend("tcg"), "b")
+    a = run(tmp_path, "unplug-coldplugged", ModelBackend("tcg", FIRMWARE), "a")
+    b = run(tmp_path, "unplug-coldplugged", ModelBackend("tcg", FIRMWARE), "b")
     assert a.met and b.met
     assert compare_traces(a.trace_path, b.trace_path) is None
 
 
 def test_wrong_tile_stride_names_step_cpu_and_field(tmp_path):
-    good = run(tmp_path, "boot-2-of-4", ModelBackend("tcg"), "good")
+    good = run(tmp_path, "boot-2-of-4", ModelBackend("tcg", FIRMWARE), "good")
     bad = run(tmp_path, "boot-2-of-4",
-              ModelBackend("tcg", profile_overrides={"smbase_stride": 0x1000}), "bad")
+              ModelBackend("tcg", FIRMWARE, profile_overrides={"smbase_stride": 0x1000}), "bad")
     d = compare_traces(good.trace_path, bad.trace_path)
     assert d is not None
     assert (d.step, d.op, d.cpu, d.field) == (2, "check", 0, "smbase")
@@ -43,9 +46,9 @@ def test_wrong_tile_stride_names_step_cpu_and_field(tmp_path):
 
 
 def test_init_latched_under_tcg_changes_the_hang(tmp_path):
-    good = run(tmp_path, "hotadd-runtime", ModelBackend("tcg"), "good")
+    good = run(tmp_path, "hotadd-runtime", ModelBackend("tcg", FIRMWARE), "good")
     latched = dataclasses.replace(TCG, name="tcg-init-latched", init_latched_in_smm=True)
-    bad = run(tmp_path, "hotadd-runtime", ModelBackend(latched), "bad")
+    bad = run(tmp_path, "hotadd-runtime", ModelBackend(latched, FIRMWARE), "bad")
     assert good.met
     d = compare_traces(good.trace_path, bad.trace_path)
     # same signature (boot CPUs in SMM, new CPU halted), but with INIT latched the new
@@ -55,9 +58,9 @@ def test_init_latched_under_tcg_changes_the_hang(tmp_path):
 
 
 def test_diff_cli_exit_status(tmp_path):
-    good = run(tmp_path, "boot-2-of-4", ModelBackend("tcg"), "good")
+    good = run(tmp_path, "boot-2-of-4", ModelBackend("tcg", FIRMWARE), "good")
     bad = run(tmp_path, "boot-2-of-4",
-              ModelBackend("tcg", profile_overrides={"smbase_stride": 0x1000}), "bad")
+              ModelBackend("tcg", FIRMWARE, profile_overrides={"smbase_stride": 0x1000}), "bad")
     same = subprocess.run([sys.executable, "-m", "harness", "diff", str(good.trace_path),
                            str(good.trace_path)], capture_output=True, text=True, cwd=ROOT)
     assert same.returncode == 0 and same.stdout.strip() == "traces agree"
@@ -68,7 +71,7 @@ def test_diff_cli_exit_status(tmp_path):
 
 
 def test_refusal_message_divergence(tmp_path):
-    a = run(tmp_path, "hotplug-refused-smi-off", ModelBackend("tcg"), "a")
+    a = run(tmp_path, "hotplug-refused-smi-off", ModelBackend("tcg", FIRMWARE), "a")
     assert a.met
     lines = a.trace_path.read_text().splitlines()
     recs = [json.loads(x) for x in lines]
@@ -83,7 +86,7 @@ def test_refusal_message_divergence(tmp_path):
 
 
 def test_cut_trace_diverges_on_step_count(tmp_path):
-    a = run(tmp_path, "coldplug-one", ModelBackend("tcg"), "a")
+    a = run(tmp_path, "coldplug-one", ModelBackend("tcg", FIRMWARE), "a")
     lines = a.trace_path.read_text().splitlines()
     cut = tmp_path / "cut.jsonl"
     cut.write_text("\n".join(lines[:2]) + "\n")       # header + first step only

@@ -111,10 +111,11 @@ class ModelBackend(Backend):
     def _profile(self, name):
         profile = fwmod.load_profile(name)
         if profile.smm:
-            ident = self.firmware
-            if ident is None:
-                ident = fwmod.resolve(name)[0].identity
-            profile = profile.with_identity(ident)
+            if self.firmware is None:
+                raise ConfigError("the model needs the identity of the firmware image it "
+                                  "stands for (harness.session resolves it from the run's "
+                                  "--firmware)")
+            profile = profile.with_identity(self.firmware)
             if profile.layout is None:
                 profile.smbase(0, 1, 0, 0)       # raises: layout unknown, say how to learn
         return profile.with_overrides(**self.profile_overrides)

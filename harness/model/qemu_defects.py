@@ -1,9 +1,10 @@
 """QEMU defects the model reproduces, so that it predicts what real QEMU does, bugs
 included (each one found by this harness and kept as a scenario that expects it).
 
-They belong to QEMU's userspace emulation, so they come with the ``tcg`` semantics
-(QEMU 7.2 TCG); under ``kvm`` the local APICs are in the kernel and the scenarios
-expect these steps to pass. Each flag is one defect:
+They belong to QEMU's userspace emulation, so they come with the ``tcg`` semantics;
+which QEMU versions have which is :mod:`harness.known_bugs`' table (``for_build``).
+Under ``kvm`` the local APICs are in the kernel and the scenarios expect these steps to
+pass. Each flag is one defect:
 
 - ``eject_aborts_single_threaded_tcg`` (unplug-tcg-single-thread-crash): with
   ``-accel tcg,thread=single`` the firmware's eject runs cpu_remove_sync() on the one
@@ -42,3 +43,16 @@ BY_SEMANTICS = {"tcg": QEMU_7_2_TCG, "kvm": NONE}
 
 def for_semantics(name) -> QemuDefects:
     return BY_SEMANTICS.get(name, NONE)
+
+
+def for_build(accel, qemu_version) -> QemuDefects:
+    """The defects of the QEMU build the model stands for, from the known-bugs table
+    (harness.known_bugs: which versions have which bug). Without a version: those of
+    the semantics' reference build (QEMU 7.2 under tcg)."""
+    if qemu_version is None:
+        return for_semantics(accel)
+    from ..known_bugs import model_defects_for
+    flags = model_defects_for(accel, qemu_version)
+    if not flags:
+        return NONE
+    return QemuDefects(f"qemu-{qemu_version}-{accel}", **{f: True for f in sorted(flags)})

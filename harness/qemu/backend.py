@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .. import firmware as fwmod
-from .. import settings
+from .. import known_bugs, settings
 from .. import hw
 from ..backend import UNPLUG_TIMEOUT, Backend
 from ..errors import BackendError, Hang, NotRemoved, QemuCrashed, QemuError, Refused
@@ -84,10 +84,11 @@ def cpuid_signature(family, model, stepping):
 class QemuBackend(Backend):
     name = "qemu"
 
-    def __init__(self, qemu=None, firmware=None, ovmf_code=None, ovmf_vars=None,
+    def __init__(self, qemu=None, ovmf_code=None, ovmf_vars=None, firmware_version=None,
                  early_cpio=None, keep_streams=False):
-        self.qemu_path, self.firmware_override = qemu, firmware
+        self.qemu_path = qemu
         self.ovmf_code, self.ovmf_vars = ovmf_code, ovmf_vars
+        self.firmware_version = firmware_version
         self.early_cpio = early_cpio
         self.keep_streams = keep_streams
         self.vm = None
@@ -95,8 +96,9 @@ class QemuBackend(Backend):
         self.hung = None          # the Hang once the guest stopped answering
         self.running = False
         self.booted = False
-        # QEMU 7.2 aborts ("free(): invalid next size") when migrated after a CPU was
-        # unplugged: from then on snapshots come from QMP/HMP only (no SMBASE).
+        # QEMU with the unplug heap corruption (known_bugs: QEMU 7.2) aborts ("free():
+        # invalid next size") when migrated after a CPU was unplugged: from then on its
+        # snapshots come from QMP/HMP only (no SMBASE); newer QEMU is migrated as ever.
         self.unplugged = False
         self._nsnap = 0
 
@@ -106,12 +108,9 @@ class QemuBackend(Backend):
         binary = process.resolve_binary(self.qemu_path)
         version = process.qemu_version(binary)
         accel = process.resolve_accel(binary, machine.accel)
-        name = self.firmware_override or machine.firmware
-        code, varsf = self.ovmf_code, self.ovmf_vars
-        prof = fwmod.load_profile(name)
-        if not prof.smm:
-            code = varsf = None     # a user's build replaces the SMM firmware only
-        profile, images = fwmod.resolve(name, code, varsf)
+        profile, images = fwmod.resolve(machine.firmware, self.ovmf_code, self.ovmf_vars,
+                                        version=self.firmware_version,
+                                        qemu_version=version)
         from ..images import build_image   # builds on first use, cached after
         image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
@@ -125,12 +124,20 @@ class QemuBackend(Backend):
             pass
         self._info = {"qemu": binary, "qemu_version": version, "accel": accel,
                       "firmware": profile.name, "firmware_code": str(images.code),
+                      "firmware_identity": (profile.identity.describe()
+                                            if profile.identity else None),
                       "firmware_descriptor": str(images.descriptor or ""),
                       "kernel": getattr(image, "kernel_version", None)}
         return dict(self._info)
 
     def info(self) -> dict:
         return dict(getattr(self, "_info", {}))
+
+    def _migration_unsafe(self):
+        if not self.unplugged or settings.migrate_after_unplug():
+            return False
+        bug = known_bugs.get("unplug-heap-corruption")
+        return bug.affects(self._info.get("accel"), self._info.get("qemu_version"))
 
     def _qmp(self, command, **args):
         """A QMP command whose refusal is a scenario outcome (Refused)."""
@@ -410,7 +417,7 @@ class QemuBackend(Backend):
         self._require_alive()
         deadline = time.monotonic() + SMM_SETTLE
         while True:
-            if self.unplugged and not settings.migrate_after_unplug():
+            if self._migration_unsafe():
                 snap = self._qmp_snapshot()
             else:
                 snap, _ = self._migrate_snapshot()
@@ -466,7 +473,7 @@ class QemuBackend(Backend):
         except Exception as e:
             d["query_cpus_fast_error"] = str(e)
         try:
-            if self.unplugged and not settings.migrate_after_unplug():
+            if self._migration_unsafe():
                 snap, path = self._qmp_snapshot(), None
             else:
                 snap, path = self._migrate_snapshot(keep=True)

@@ -1,6 +1,6 @@
 """A parser of QEMU's migration stream (file format version 3, magic ``QEVM``).
 
-What a plain ``migrate exec:cat > FILE`` of QEMU 7.2 .. 10.x writes, in order::
+What a plain ``migrate exec:cat > FILE`` of QEMU 7.2 .. 11.1 writes, in order::
 
     be32 0x5145564d 'QEVM', be32 version (3)
     0x07 QEMU_VM_CONFIGURATION  be32 len, machine name, [subsections]   (no footer)
@@ -8,9 +8,17 @@ What a plain ``migrate exec:cat > FILE`` of QEMU 7.2 .. 10.x writes, in order::
          (iterable sections: 'ram'), body, [0x7e footer: be32 section_id]
     0x02 SECTION_PART / 0x03 SECTION_END  be32 section_id, body, [footer]
     0x04 SECTION_FULL   like START: one device's VMState, [footer]
-    0x08 COMMAND        be16 cmd, be16 len, data
+    0x08 COMMAND        be16 cmd, be16 len, data (no footer); QEMU 10.0+ machine
+                        types send SWITCHOVER_START (cmd 0x0b, len 0) before the RAM
+                        END section (commit 4e55cb3cde)
     0x00 EOF
-    0x06 VMDESCRIPTION  be32 len, JSON {"page_size": N, "devices": [...]}
+    0x06 VMDESCRIPTION  be32 len, JSON {"page_size": N, "devices": [...]}; QEMU 8.2+
+                        writes {"configuration": {...}, "page_size": N, "devices": ...}
+
+Field descriptions of QEMU 10.0+ may name a field twice in a row (an array of
+pointers split around NULL elements, commit 35049eb0d2) and use type ``nullptr``
+(one byte 0x30, commit f52965bf0e): each entry is walked by its own size; a name's
+first entry is the one registered.
 
 The body of a device (FULL) section is a VMState: its fields back to back (big
 endian integers, raw buffers), then optional subsections, each ``0x05, u8 len, name,
@@ -339,21 +347,25 @@ class _Window:
 
 def _find_vmdesc(r):
     """Locate the trailing QEMU_VM_VMDESCRIPTION record: ``0x06, be32 len, JSON`` that
-    ends exactly at end of file. Returns (record offset, parsed JSON)."""
+    ends exactly at end of file. Returns (record offset, parsed JSON).
+
+    Found by its framing, not by the JSON's first key: QEMU 8.2 put ``configuration``
+    before ``page_size`` (commit 2aae1eb8da, "migration: Add the configuration vmstate
+    to the json writer"). Valid JSON holds no raw control byte, so the record's 0x06 is
+    the last one in the file unless a byte of its own length field is 0x06 too."""
     buf, size = r.buf, r.size
     start = max(0, size - (64 << 20))
-    p = buf.rfind(b'{"page_size"', start)
-    while p >= 5:
-        rec = p - 5
-        if buf[rec] == QEMU_VM_VMDESCRIPTION and _BE32.unpack_from(buf, rec + 1)[0] == size - p:
+    p = buf.rfind(b"\x06", start)
+    while p >= 0 and p + 5 < size:
+        if _BE32.unpack_from(buf, p + 1)[0] == size - p - 5 and buf[p + 5] == ord("{"):
             try:
-                desc = json.loads(bytes(buf[p:size]))
+                desc = json.loads(bytes(buf[p + 5:size]))
             except ValueError as e:
-                r.fail(f"garbled VM description JSON ({e})", p)
+                r.fail(f"garbled VM description JSON ({e})", p + 5)
             if not isinstance(desc, dict) or not isinstance(desc.get("devices"), list):
-                r.fail("VM description JSON has no device list", p)
-            return rec, desc
-        p = buf.rfind(b'{"page_size"', start, p)
+                r.fail("VM description JSON has no device list", p + 5)
+            return p, desc
+        p = buf.rfind(b"\x06", start, p)
     r.fail("no VM description (QEMU_VM_VMDESCRIPTION with JSON) ends the file; "
            "truncated stream, or written with the description suppressed", size)
 

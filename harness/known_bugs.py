@@ -1,0 +1,137 @@
+"""Known bugs of QEMU and OVMF, each with the builds it affects: one table, read by the
+scenario loader (``expect: {bug: NAME, ...}``), the judge (a bug's expectation holds
+only on the builds it affects; elsewhere the scenario's plain expectation does) and the
+model (which of QEMU's defects it reproduces for the QEMU version it stands for).
+
+A version range is a comma-separated list of comparisons (``>=7.2, <9.0``); QEMU
+versions compare as numbers (``10.0.2``), firmware as the edk2 stable tag (``202211``).
+Where the first fixed release is known from the source, the range ends there and says
+so; where it was only measured, the range ends at the first release measured without
+the bug, and ``evidence`` says which builds were run.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+_CMP = re.compile(r"^\s*(<=|>=|==|<|>)\s*([0-9][0-9.]*)\s*$")
+
+
+def version_tuple(v):
+    """'11.1.3' -> (11, 1, 3); 'QEMU emulator version 7.2.22 (...)' -> (7, 2, 22)."""
+    m = re.search(r"(\d+(?:\.\d+)*)", str(v))
+    if not m:
+        raise ValueError(f"not a version: {v!r}")
+    return tuple(int(x) for x in m.group(1).split("."))
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    text: str
+
+    def __post_init__(self):
+        for part in self.text.split(","):
+            if not _CMP.match(part):
+                raise ValueError(f"bad version range {self.text!r} (e.g. '>=7.2, <9.0')")
+
+    def __contains__(self, version):
+        v = version_tuple(version)
+        for part in self.text.split(","):
+            op, bound = _CMP.match(part).groups()
+            b = version_tuple(bound)
+            n = max(len(v), len(b))
+            vv, bb = v + (0,) * (n - len(v)), b + (0,) * (n - len(b))
+            ok = {"<": vv < bb, "<=": vv <= bb, ">": vv > bb, ">=": vv >= bb,
+                  "==": vv == bb}[op]
+            if not ok:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    name: str
+    summary: str
+    accels: tuple = ("tcg",)
+    qemu: VersionRange | None = None       # None: every QEMU version
+    firmware: VersionRange | None = None   # edk2 stable tag (YYYYMM); None: any
+    model_defect: str | None = None        # the QemuDefects flag that reproduces it
+    evidence: str = ""
+
+    def affects(self, accel, qemu_version=None, firmware_edk2=None):
+        """Whether a build has this bug. An unknown version counts as affected: the
+        expectation stays the bug's, so its absence is seen rather than assumed."""
+        if accel not in self.accels:
+            return False
+        if self.qemu is not None and qemu_version is not None \
+                and qemu_version not in self.qemu:
+            return False
+        if self.firmware is not None and firmware_edk2 is not None \
+                and str(firmware_edk2) not in self.firmware:
+            return False
+        return True
+
+    def scope(self):
+        parts = [f"under {'/'.join(self.accels)}"]
+        if self.qemu:
+            parts.append(f"QEMU {self.qemu.text}")
+        if self.firmware:
+            parts.append(f"edk2 {self.firmware.text}")
+        return ", ".join(parts)
+
+
+BUGS = (
+    KnownBug(
+        "tcg-init-in-smm",
+        "TCG takes INIT while a CPU is in SMM, drops a pending SMI at INIT and delivers "
+        "SMI to a CPU waiting for SIPI: OVMF's hot-add SMI -> INIT-SIPI-SIPI hangs",
+        accels=("tcg",), qemu=VersionRange(">=7.2"),
+        evidence="hangs on 7.2.22 and 11.1.3 (tcg-hotadd.md); upstream fixed only SIPI "
+                 "in SMM (2025-10, do_cpu_sipi returns under HF_SMM_MASK)"),
+    KnownBug(
+        "tcg-single-thread-eject-abort",
+        "with -accel tcg,thread=single the firmware's eject joins the one vCPU thread "
+        "from itself: qemu_thread_join: Resource deadlock avoided",
+        accels=("tcg",), qemu=VersionRange(">=7.2"),
+        model_defect="eject_aborts_single_threaded_tcg",
+        evidence="aborts on 7.2.22, 10.0.2 and 11.1.3 (builds.md)"),
+    KnownBug(
+        "unplug-heap-corruption",
+        "after a CPU unplug the next system_reset, device_add or migration kills QEMU "
+        "(glibc heap corruption)",
+        accels=("tcg",), qemu=VersionRange(">=7.2, <10.0"),
+        model_defect="heap_corrupted_by_unplug",
+        evidence="dies on 7.2.22; gone on 10.0.2 and 11.1.3 (builds.md); the fixing "
+                 "release between them was not bisected"),
+    KnownBug(
+        "apic-logical-delivery-hole",
+        "QEMU's logical-destination delivery stops at the first empty local_apics[] "
+        "slot, so interrupts for a higher APIC id are lost (the SCI, device IRQs)",
+        accels=("tcg",), qemu=VersionRange(">=7.2, <9.0"),
+        model_defect="logical_delivery_stops_at_apic_hole",
+        evidence="hw/intc/apic.c apic_get_delivery_bitmask 'break' until 'apic: add "
+                 "support for x2APIC mode' (2024-01, QEMU 9.0) made the loops skip "
+                 "holes; lost on 7.2.22, delivered on 10.0.2 and 11.1.3 (builds.md)"),
+    KnownBug(
+        "ovmf-tseg-below-7m",
+        "OVMF's 4 MiB build stops in DXE with less than 7 MiB of extended TSEG: no CPU "
+        "is ever relocated",
+        accels=("tcg", "kvm"), firmware=VersionRange("<=202211"),
+        evidence="Debian 12's OVMF 2022.11 (1, 2, 3, 4, 6 MiB tried; 7 boots)"),
+)
+BY_NAME = {b.name: b for b in BUGS}
+
+
+def get(name) -> KnownBug:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"unknown bug {name!r} (known: {', '.join(BY_NAME)})") from None
+
+
+def model_defects_for(accel, qemu_version):
+    """The QemuDefects flags of the bugs a QEMU version has (for the model)."""
+    return {b.model_defect for b in BUGS
+            if b.model_defect and b.affects(accel, qemu_version)}

@@ -1,0 +1,65 @@
+"""Known bugs are scoped to the builds that have them; a scenario's expectation follows."""
+from pathlib import Path
+
+import pytest
+
+from harness import known_bugs as kb
+from harness import scenario
+from harness.model.qemu_defects import NONE, for_build
+from harness.runner import judge
+
+SCN = Path(__file__).resolve().parents[1] / "scenarios"
+
+
+@pytest.mark.parametrize("version,inside", [
+    ("7.2.22", True), ("8.2.0", True), ("9.0.0", False), ("10.0.2", False), ("11.1.3", False)])
+def test_version_range(version, inside):
+    assert (version in kb.VersionRange(">=7.2, <9.0")) is inside
+
+
+def test_bad_range_is_refused():
+    with pytest.raises(ValueError, match="bad version range"):
+        kb.VersionRange("before 9")
+
+
+def test_lost_sci_expected_only_where_qemu_has_it():
+    scn = scenario.load(SCN / "unplug-ascending-lost-sci.yaml")
+    old = scn.expectation("tcg", "7.2.22")
+    assert (old.outcome, old.bug) == ("fail", "apic-logical-delivery-hole")
+    new = scn.expectation("tcg", "11.1.3")
+    assert (new.outcome, new.absent_bug) == ("pass", "apic-logical-delivery-hole")
+    assert scn.expectation("kvm", "7.2.22").outcome == "pass"
+    assert scn.expectation("tcg", None).bug == "apic-logical-delivery-hole"
+
+
+def test_verdicts_name_the_bug_and_the_build():
+    scn = scenario.load(SCN / "unplug-ascending-lost-sci.yaml")
+    lost = {"outcome": "fail", "step": 7, "op": "unplug", "failed_checks": ["cpu_removed"],
+            "message": "SCI ... Remote IRR stays set, no further ACPI event"}
+    met, why = judge(scn.expectation("tcg", "7.2.22"), lost, "7.2.22")
+    assert met and why.startswith("known bug apic-logical-delivery-hole reproduced on "
+                                  "QEMU 7.2.22")
+    met, why = judge(scn.expectation("tcg", "7.2.22"), {"outcome": "pass"}, "7.2.22")
+    assert not met and "expected on QEMU 7.2.22" in why and "not reproduced" in why
+    met, why = judge(scn.expectation("tcg", "11.1.3"), {"outcome": "pass"}, "11.1.3")
+    assert met and why.startswith("known bug apic-logical-delivery-hole not present on "
+                                  "QEMU 11.1.3")
+    met, why = judge(scn.expectation("tcg", "11.1.3"), lost, "11.1.3")
+    assert not met
+
+
+def test_model_defects_follow_the_qemu_version():
+    old = for_build("tcg", "7.2.22")
+    assert old.logical_delivery_stops_at_apic_hole and old.heap_corrupted_by_unplug
+    assert old.eject_aborts_single_threaded_tcg
+    new = for_build("tcg", "11.1.3")
+    assert new.eject_aborts_single_threaded_tcg
+    assert not new.logical_delivery_stops_at_apic_hole and not new.heap_corrupted_by_unplug
+    assert for_build("kvm", "11.1.3") == NONE
+
+
+def test_every_scenario_bug_is_known():
+    for f in scenario.discover([SCN]):
+        for e in scenario.load(f).expect.values():
+            if e.outcome != "pass" and e.bug:
+                assert e.bug in kb.BY_NAME
