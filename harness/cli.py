@@ -150,9 +150,10 @@ def build_parser():
     _add_run_options(pr, backend=False)
     pr.set_defaults(func=cmd_probe)
 
-    from . import builds, images
+    from . import builds, images, matrix
     images.register(sub)
     builds.register(sub)
+    matrix.register(sub)
     try:
         from .microcode import cli as mcli
         mcli.register(sub)

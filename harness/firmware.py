@@ -46,9 +46,9 @@ class DxeRelocation:
     pool and SMBASE[i] = buffer + i·tile − SMI_ENTRY_OFFSET. The SMM core allocates
     pages top-down, so the buffer ends ``smram_above`` bytes below the top of TSEG:
     what the SMM core and the drivers dispatched before PiSmmCpuDxeSmm took. That
-    amount depends on the build and on the machine QEMU presents to it (the same
-    OVMF 2022.11 image: 0x2d000 on QEMU 7.2.22, 0x29000 on QEMU 10.0.2), so it is
-    measured per image and QEMU version, never assumed for another.
+    amount is a property of one build (its drivers and options; Debian's OVMF 2022.11:
+    0x2d000 on QEMU 7.2.22 and 10.0.2 alike), so it is measured per image, never
+    assumed for another.
     """
     smram_above: int
     tile: int = hw.EDK2_SMM_TILE_SIZE
@@ -158,13 +158,13 @@ def _known_images():
         raise ConfigError(f"{KNOWN_IMAGES}: {e}") from None
 
 
-def known_identity(version, qemu_version="7.2") -> FirmwareIdentity:
+def known_identity(version) -> FirmwareIdentity:
     """The measured identity of a known image by its version (tests and benchmarks name
     the build they model, rather than whatever the machine has installed)."""
     for entry in _known_images():
         if entry.get("version") == version:
-            return _from_entry(entry, entry["sha256"], qemu_version,
-                               "sha256 (firmware/images.json)")
+            return FirmwareIdentity.from_dict({**entry,
+                                               "known_by": "sha256 (firmware/images.json)"})
     raise ConfigError(f"no known firmware image of version {version!r} in {KNOWN_IMAGES}")
 
 
@@ -173,48 +173,23 @@ def learned_dir():
     return cache_dir() / "firmware"
 
 
-def _qemu_key(qemu_version):
-    """'10.0.2' -> '10.0': the release a DXE-relocation measurement holds for."""
-    if not qemu_version:
-        return None
-    m = re.match(r"(\d+)\.(\d+)", str(qemu_version))
-    return f"{m.group(1)}.{m.group(2)}" if m else None
-
-
-def _from_entry(entry, digest, qemu_version, known_by):
-    """An images.json or learned entry; a DXE layout is taken only as measured on the
-    same QEMU release (``layout.smram_above`` is a map release -> bytes)."""
-    entry = dict(entry)
-    lay = entry.get("layout")
-    if lay and lay.get("kind") == "dxe":
-        above = (lay.get("smram_above") or {}).get(_qemu_key(qemu_version))
-        entry["layout"] = dict(lay, smram_above=above) if above is not None else None
-    return FirmwareIdentity.from_dict({**entry, "sha256": digest, "known_by": known_by})
-
-
-def identify(code, version=None, qemu_version=None) -> FirmwareIdentity:
+def identify(code, version=None) -> FirmwareIdentity:
     """Who an image is: by sha256 (measured table, then what earlier boots learned),
     else by its version (``version`` from the build record, e.g. ``2025.02-8``): that
     names the edk2 generation, which fixes the layout where no constant of the build
-    enters it (PEI relocation). A DXE-relocation layout holds for the QEMU release it
-    was measured on (``qemu_version``). Anything else stays unknown until a boot
-    shows it (:mod:`harness.qemu.learn`)."""
+    enters it (PEI relocation). Anything else stays unknown until a boot shows it
+    (:mod:`harness.qemu.learn`)."""
     digest = sha256_file(code)
-    found = None
     for entry in _known_images():
         if entry.get("sha256") == digest:
-            found = _from_entry(entry, digest, qemu_version, "sha256 (firmware/images.json)")
-            break
-    if found is None or found.layout is None:
-        learned = learned_dir() / f"{digest}-qemu-{_qemu_key(qemu_version)}.json"
-        if learned.is_file():
-            try:
-                d = json.loads(learned.read_text())
-                return _from_entry(d, digest, qemu_version, d.get("known_by", "learned"))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                log.warning("ignoring unreadable learned firmware identity %s", learned)
-    if found is not None:
-        return found
+            return FirmwareIdentity.from_dict({**entry, "sha256": digest,
+                                               "known_by": "sha256 (firmware/images.json)"})
+    learned = learned_dir() / f"{digest}.json"
+    if learned.is_file():
+        try:
+            return FirmwareIdentity.from_dict(json.loads(learned.read_text()))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable learned firmware identity %s", learned)
     edk2 = edk2_release(version)
     if edk2 is None:
         return FirmwareIdentity(sha256=digest, version=version)
@@ -247,20 +222,15 @@ def fit_layout(smbases, maxcpus, tseg_base, tseg_top):
     return None
 
 
-def remember_identity(ident: FirmwareIdentity, how, qemu_version):
-    """Cache what a boot on ``qemu_version`` showed about an image (by sha256)."""
+def remember_identity(ident: FirmwareIdentity, how):
+    """Cache what a boot showed about an image (by sha256) for later runs."""
     import os
     ident = replace(ident, known_by=how)
     d = learned_dir()
     d.mkdir(parents=True, exist_ok=True)
-    entry = ident.to_dict()
-    if entry["layout"] and entry["layout"]["kind"] == "dxe":
-        entry["layout"]["smram_above"] = {_qemu_key(qemu_version):
-                                          entry["layout"]["smram_above"]}
-    name = f"{ident.sha256}-qemu-{_qemu_key(qemu_version)}.json"
-    tmp = d / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(entry, indent=2) + "\n")
-    tmp.replace(d / name)
+    tmp = d / f".{ident.sha256}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(ident.to_dict(), indent=2) + "\n")
+    tmp.replace(d / f"{ident.sha256}.json")
     return ident
 
 
@@ -416,7 +386,7 @@ def nosmm_beside(code: Path) -> Path:
 
 
 def resolve(profile_name="ovmf-smm", ovmf_code=None, ovmf_vars=None, dirs=DESCRIPTOR_DIRS,
-            version=None, qemu_version=None):
+            version=None):
     """The profile (with the image's identity) and the image files to run: explicit
     paths win over discovery. A user's SMM build replaces the SMM firmware only; for the
     non-SMM profile the build's non-SMM image beside it is taken."""
@@ -438,7 +408,7 @@ def resolve(profile_name="ovmf-smm", ovmf_code=None, ovmf_vars=None, dirs=DESCRI
             raise ConfigError("--ovmf-vars needs --ovmf-code")
         images = discover(profile, dirs)
         images.version = version or system_ovmf_version(images.code)
-    return profile.with_identity(identify(images.code, images.version, qemu_version)), images
+    return profile.with_identity(identify(images.code, images.version)), images
 
 
 def system_ovmf_version(code):

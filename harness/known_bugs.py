@@ -59,6 +59,7 @@ class KnownBug:
     firmware: VersionRange | None = None   # edk2 stable tag (YYYYMM); None: any
     model_defect: str | None = None        # the QemuDefects flag that reproduces it
     evidence: str = ""
+    modelled: bool = True                  # False: the model cannot predict it
 
     def affects(self, accel, qemu_version=None, firmware_edk2=None):
         """Whether a build has this bug. An unknown version counts as affected: the
@@ -106,6 +107,15 @@ BUGS = (
         evidence="dies on 7.2.22; gone on 10.0.2 and 11.1.3 (builds.md); the fixing "
                  "release between them was not bisected"),
     KnownBug(
+        "tcg-contexts-not-recycled",
+        "multi-threaded TCG never frees an unplugged vCPU's translation context, so a "
+        "re-plug after an unplug (more vCPU threads than maxcpus) aborts QEMU: "
+        "tcg_register_thread: assertion failed: (n < tcg_max_ctxs)",
+        accels=("tcg",), qemu=VersionRange(">=10.0"),
+        model_defect="tcg_contexts_not_recycled",
+        evidence="found by this harness on 11.1.3 (unplug-replug-crash); 7.2.22 dies "
+                 "earlier of unplug-heap-corruption"),
+    KnownBug(
         "apic-logical-delivery-hole",
         "QEMU's logical-destination delivery stops at the first empty local_apics[] "
         "slot, so interrupts for a higher APIC id are lost (the SCI, device IRQs)",
@@ -117,9 +127,23 @@ BUGS = (
     KnownBug(
         "ovmf-tseg-below-7m",
         "OVMF's 4 MiB build stops in DXE with less than 7 MiB of extended TSEG: no CPU "
-        "is ever relocated",
-        accels=("tcg", "kvm"), firmware=VersionRange("<=202211"),
+        "is ever relocated (relocation is in DXE up to edk2-stable202402)",
+        accels=("tcg", "kvm"), firmware=VersionRange("<202405"),
         evidence="Debian 12's OVMF 2022.11 (1, 2, 3, 4, 6 MiB tried; 7 boots)"),
+    KnownBug(
+        "ovmf-pei-tseg-too-small",
+        "OVMF relocating in PEI (edk2 >= stable202405) with a 1 MiB TSEG: the CPUs are "
+        "relocated, then the BSP never leaves SMM and the boot stops",
+        accels=("tcg", "kvm"), firmware=VersionRange(">=202405"),
+        evidence="OVMF 2025.02 and 2026.08 with 1 MiB (this harness, QEMU 7.2.22 and "
+                 "11.1.3); 2025.02 boots with 7 MiB"),
+    KnownBug(
+        "ovmf-tseg-below-8m",
+        "OVMF 2026.08 needs 8 MiB of extended TSEG: with 7 MiB both CPUs stay in SMM "
+        "(SMI count climbing) and the boot never completes",
+        accels=("tcg", "kvm"), firmware=VersionRange(">=202608"),
+        evidence="OVMF 2026.08 on QEMU 11.1.3: 7 MiB hangs, 8 and 12 MiB boot",
+        modelled=False),
 )
 BY_NAME = {b.name: b for b in BUGS}
 

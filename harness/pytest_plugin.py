@@ -101,13 +101,17 @@ class ScenarioItem(pytest.Item):
             self.add_marker(pytest.mark.vm)
 
     def runtest(self):
-        from .session import skip_reason
+        from .session import resolve_target, skip_reason
         opts = _options(self.config)
         try:
             accel = resolve_accel(opts, self.backend)
         except HarnessError as e:
             raise ScenarioFailure(str(e)) from None
-        why = skip_reason(self.scenario, self.backend, accel)
+        try:
+            target = resolve_target(opts, need_qemu=self.backend != "model")
+        except HarnessError as e:
+            raise ScenarioFailure(str(e)) from None
+        why = skip_reason(self.scenario, self.backend, accel, target)
         if why:
             pytest.skip(f"{self.scenario.name} {why}")
         try:
@@ -119,7 +123,7 @@ class ScenarioItem(pytest.Item):
         if not result.met:
             raise ScenarioFailure(failure_report(result))
         if opts.backend == "both" and self.backend == "qemu" \
-                and "model" in self.scenario.backends:
+                and not skip_reason(self.scenario, "model", accel, target):
             self._compare(opts, accel, result)
         if result.expectation is not None and result.expectation.bug:
             pytest.xfail(result.reason)

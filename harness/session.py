@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import firmware as fwmod
+from . import known_bugs
 from .errors import ConfigError
 from .runner import run_scenario
 
@@ -86,8 +87,7 @@ def _resolve_target(opts, need_qemu):
         fb = builds.resolve_firmware(opts.firmware)
         code, varsf, fver = str(fb.ovmf_code), str(fb.ovmf_vars), fb.version
         fname = fb.name if fb.source != "path" else None
-    profile, images = fwmod.resolve("ovmf-smm", code, varsf, version=fver,
-                                    qemu_version=version)
+    profile, images = fwmod.resolve("ovmf-smm", code, varsf, version=fver)
     ident = profile.identity
     if ident.layout is None and binary is not None:
         import sys
@@ -155,7 +155,7 @@ def run_backends(scn, opts: Options):
     results = {}
     for b in backends:
         accel = resolve_accel(opts, b)
-        why = skip_reason(scn, b, accel)
+        why = skip_reason(scn, b, accel, resolve_target(opts, need_qemu=b != "model"))
         if why:
             yield b, accel, why
             continue
@@ -168,9 +168,14 @@ def run_backends(scn, opts: Options):
     yield PairResult(results, div)
 
 
-def skip_reason(scn, backend, accel):
+def skip_reason(scn, backend, accel, target=None):
     if backend not in scn.backends:
         return f"not meant for the {backend} backend"
+    if backend == "model" and target is not None:
+        e = scn.expectation(accel, target.qemu_version, target.firmware_edk2)
+        if e.bug and not known_bugs.get(e.bug).modelled:
+            return (f"expects known bug {e.bug} on {target.label()}, which the model "
+                    f"does not reproduce")
     if accel not in scn.accels:
         if accel == "tcg":
             return (f"runs only under {'/'.join(scn.accels)}: KVM cannot run SMM guests "

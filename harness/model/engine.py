@@ -39,6 +39,7 @@ class Machine:
         self.defects = defects       # QEMU's own bugs, reproduced (harness.model.qemu_defects)
         self.dead = None             # QemuCrashed once the modelled QEMU has died
         self.heap_corrupted = False  # a CPU was unplugged (defects.heap_corrupted_by_unplug)
+        self.vcpu_threads = 0        # vCPUs ever created (defects.tcg_contexts_not_recycled)
         self.sci_lost = None         # why the SCI's IOAPIC pin is stuck (Remote IRR set)
         # microcode (harness.model.microcode): the early cpio / <Vendor>.bin the guest's
         # loader sees, CPUID(1).ECX[31] (QEMU's "hypervisor" CPU property, on by
@@ -81,6 +82,10 @@ class Machine:
             raise Refused(msg)
         if self.heap_corrupted:
             self._die(qemu_defects.MSG_HEAP.format(what="device_add"))
+        if (self.defects.tcg_contexts_not_recycled and self.vcpu_threads >= n
+                and self.config.effective_tcg_thread == "multi"):
+            self._die(qemu_defects.MSG_TCG_CONTEXTS)
+        self.vcpu_threads += 1
         index = slot        # QEMU x86_cpu_pre_plug: cpu_index = its possible-CPU index
         vendor, signature, default_ucode = ucode.identity(self.config.cpu_model,
                                                           self.config.cpu_props, props)

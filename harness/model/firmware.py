@@ -103,25 +103,33 @@ class Ovmf:
             yield from self._fatal(bsp, "Broken CPU hotplug register block found")
         self.present, self.possible = present, possible
 
+        pei_relocation = prof.smm and prof.layout is not None and prof.layout.kind == "pei"
         if prof.smm:
             yield from self._pei_smram(bsp)
+            if pei_relocation:       # edk2 >= stable202405: SmmRelocationLib in PEI
+                yield from self._start_aps(bsp)
+                yield from self._pismmcpu_relocate(bsp)
             bsp.where = "firmware:dxe"
             if prof.min_tseg_mbytes and m.mch.tseg_size < prof.min_tseg_mbytes << 20:
-                yield from self._fatal(bsp, f"SMRAM of {m.mch.tseg_size >> 20} MiB cannot "
-                                       f"hold the SMM core and drivers (needs "
-                                       f"{prof.min_tseg_mbytes} MiB)")
+                why = (f"SMRAM of {m.mch.tseg_size >> 20} MiB cannot hold the SMM core "
+                       f"and drivers (needs {prof.min_tseg_mbytes} MiB)")
+                if pei_relocation:
+                    # measured on OVMF 2026.08: the BSP stays in SMM at its relocated
+                    # SMBASE (its SMI count one above the APs'), the APs halted
+                    self._install(self.smbase_tbl[0] + hw.SMI_ENTRY_OFFSET,
+                                  lambda cpu: self._fatal(cpu, why))
+                    m.ipi(bsp, bsp.apic_id, "smi")
+                    while True:
+                        yield SPIN
+                yield from self._fatal(bsp, why)
             ok = yield from self._smm_control2(bsp)
             if not ok:
                 return
-        # MpInitLib: wake every present AP (INIT-SIPI-SIPI), they park in a HLT loop
-        self._install(FW_AP_VECTOR << 12, self._fw_ap)
-        aps = [c for c in m.cpus if not c.is_bsp]
-        for ap in aps:
-            yield from m.init_sipi_sipi(bsp, ap.apic_id, FW_AP_VECTOR)
-        while len(self.ap_checked_in) < len(aps):
-            yield SPIN
-        if prof.smm:
+        if not pei_relocation:
+            yield from self._start_aps(bsp)
+        if prof.smm and not pei_relocation:
             yield from self._pismmcpu_relocate(bsp)
+        if prof.smm:
             yield from self._cpu_hotplug_smm_init(bsp)
             # ReadyToLock: SmramAccessLock (D_LCK) and F_SMBASE LCK
             m.mch.write(hw.MCH_SMRAM, m.mch.read(hw.MCH_SMRAM) | hw.SMRAM_D_LCK)
@@ -132,6 +140,16 @@ class Ovmf:
         bsp.where = "firmware:exit-boot-services"
         yield STEP
         yield from m.guest.os_boot(bsp)
+
+    def _start_aps(self, bsp):
+        """MpInitLib: wake every present AP (INIT-SIPI-SIPI), they park in a HLT loop."""
+        m = self.m
+        self._install(FW_AP_VECTOR << 12, self._fw_ap)
+        aps = [c for c in m.cpus if not c.is_bsp]
+        for ap in aps:
+            yield from m.init_sipi_sipi(bsp, ap.apic_id, FW_AP_VECTOR)
+        while len(self.ap_checked_in) < len(aps):
+            yield SPIN
 
     def _fw_ap(self, cpu):
         cpu.where = "firmware:ap-hlt-loop"

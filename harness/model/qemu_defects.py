@@ -12,6 +12,10 @@ pass. Each flag is one defect:
 - ``heap_corrupted_by_unplug`` (coldplug-unplug-reset, unplug-replug-crash): after a
   CPU unplug the next ``system_reset``, ``device_add`` or migration kills QEMU; glibc's
   message varies (heap corruption).
+- ``tcg_contexts_not_recycled`` (unplug-replug-crash on newer QEMU): multi-threaded
+  TCG has one translation context per possible vCPU (tcg_max_ctxs) and never gives an
+  unplugged vCPU's back, so creating more vCPU threads than maxcpus over the machine's
+  life (a re-plug after an unplug) fails ``tcg_register_thread``'s assertion.
 - ``logical_delivery_stops_at_apic_hole`` (unplug-ascending-lost-sci): logical
   destination interrupts stop at the first unplugged APIC id (``harness.lost_sci``).
 """
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 SIGABRT_STATUS = -6          # how subprocess reports QEMU's abort()
 MSG_THREAD_JOIN = "qemu: qemu_thread_join: Resource deadlock avoided"
+MSG_TCG_CONTEXTS = "tcg_register_thread: assertion failed: (n < tcg_max_ctxs)"
 MSG_HEAP = ("QEMU died at {what} after a CPU unplug: the unplug corrupted its heap "
             "(glibc aborts, e.g. 'corrupted double-linked list')")
 
@@ -31,6 +36,7 @@ class QemuDefects:
     eject_aborts_single_threaded_tcg: bool = False
     heap_corrupted_by_unplug: bool = False
     logical_delivery_stops_at_apic_hole: bool = False
+    tcg_contexts_not_recycled: bool = False
 
 
 NONE = QemuDefects("none")

@@ -109,8 +109,7 @@ class QemuBackend(Backend):
         version = process.qemu_version(binary)
         accel = process.resolve_accel(binary, machine.accel)
         profile, images = fwmod.resolve(machine.firmware, self.ovmf_code, self.ovmf_vars,
-                                        version=self.firmware_version,
-                                        qemu_version=version)
+                                        version=self.firmware_version)
         from ..images import build_image   # builds on first use, cached after
         image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,

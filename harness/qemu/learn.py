@@ -48,6 +48,6 @@ def learn_identity(ident: fwmod.FirmwareIdentity, qemu, qemu_version, code, vars
                            f"edk2 layout (DXE or PEI relocation)")
     how = (f"learned from a boot on QEMU {qemu_version}, "
            f"{time.strftime('%Y-%m-%d', time.gmtime())}")
-    learned = fwmod.remember_identity(replace(ident, layout=layout), how, qemu_version)
+    learned = fwmod.remember_identity(replace(ident, layout=layout), how)
     say(f"firmware: {learned.describe()}")
     return learned
