@@ -46,10 +46,16 @@ class Target:
     firmware_version: str | None = None
     firmware_name: str | None = None
     identity: fwmod.FirmwareIdentity | None = field(default=None, compare=False)
+    ovmf_code_resolved: str | None = None     # the image files actually used
+    ovmf_vars_resolved: str | None = None
 
     @property
     def firmware_edk2(self):
         return self.identity.edk2 if self.identity else None
+
+    def describe(self):
+        q = f"QEMU {self.qemu_version}" if self.qemu_version else "no QEMU"
+        return f"{q}, firmware {self.identity.describe() if self.identity else 'unknown'}"
 
     def label(self):
         q = self.qemu_name or (f"qemu-{self.qemu_version}" if self.qemu_version else "qemu")
@@ -88,16 +94,30 @@ def _resolve_target(opts, need_qemu):
         code, varsf, fver = str(fb.ovmf_code), str(fb.ovmf_vars), fb.version
         fname = fb.name if fb.source != "path" else None
     profile, images = fwmod.resolve("ovmf-smm", code, varsf, version=fver)
-    ident = profile.identity
-    if ident.layout is None and binary is not None:
-        import sys
-        from .qemu.learn import learn_identity
-        ident = learn_identity(ident, binary, version, str(images.code),
-                               str(images.vars_template),
-                               say=lambda m: print(m, file=sys.stderr))
     return Target(qemu_binary=binary, qemu_version=version, qemu_name=qname,
                   ovmf_code=code, ovmf_vars=varsf, firmware_version=images.version,
-                  firmware_name=fname, identity=ident)
+                  firmware_name=fname, identity=profile.identity,
+                  ovmf_code_resolved=str(images.code),
+                  ovmf_vars_resolved=str(images.vars_template))
+
+
+_learned: dict = {}
+
+
+def model_identity(target: Target):
+    """The firmware identity the model stands for. An image whose SMBASE layout no table
+    knows is booted once on the run's QEMU and its layout learned (cached by sha256);
+    only the model needs it, so only a model run pays for it."""
+    ident = target.identity
+    if ident is None or ident.layout is not None or target.qemu_binary is None:
+        return ident
+    if ident.sha256 not in _learned:
+        import sys
+        from .qemu.learn import learn_identity
+        _learned[ident.sha256] = learn_identity(
+            ident, target.qemu_binary, target.qemu_version, target.ovmf_code_resolved,
+            target.ovmf_vars_resolved, say=lambda m: print(m, file=sys.stderr))
+    return _learned[ident.sha256]
 
 
 def resolve_accel(opts: Options, backend: str) -> str:
@@ -120,7 +140,7 @@ def make_backend(name, target: Target, accel):
     if name == "model":
         from .model.backend import ModelBackend
         from .model.qemu_defects import for_build
-        return ModelBackend(semantics=accel, firmware=target.identity,
+        return ModelBackend(semantics=accel, firmware=model_identity(target),
                             qemu_defects=for_build(accel, target.qemu_version))
     raise ConfigError(f"unknown backend {name!r}")
 

@@ -28,8 +28,14 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$stamp" ]; then
     say "creating .venv and installing the harness (pip)"
     [ -x .venv/bin/python ] || python3 -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[test]'
+    log=$(mktemp)
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+        grep -v '^WARNING: Location' "$log" | tail -n 20 >&2
+        rm -f "$log"
+        exit 1
+    fi
+    rm -f "$log"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

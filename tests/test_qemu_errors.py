@@ -39,7 +39,8 @@ def one_error_line(r):
 
 def test_wrong_qemu_path(tmp_path):
     r = harness("probe", "--qemu", "/nonexistent/qemu", "--run-dir", str(tmp_path))
-    assert one_error_line(r) == "error: QEMU binary not found: /nonexistent/qemu"
+    assert one_error_line(r) == ("error: --qemu /nonexistent/qemu: not a QEMU binary "
+                                 "(no such file)")
 
 
 def test_missing_firmware_file(tmp_path):

@@ -227,6 +227,7 @@ class Stream:
     iterable_sections: list = dc_field(default_factory=list)  # START sections
     parts: int = 0              # PART + END records read
     vmdesc_offset: int = 0
+    ram_spans: list = dc_field(default_factory=list, repr=False)   # page records
 
     def find(self, name, instance_id=None) -> list:
         return [s for s in self.sections
@@ -388,6 +389,7 @@ def _parse(r) -> Stream:
     sections, iterable, ram_blocks, iter_secs = [], {}, {}, []
     parts = 0
     dev_i = 0
+    ram_spans = []
     while True:
         at = r.pos
         if at >= vmdesc_off:
@@ -408,7 +410,7 @@ def _parse(r) -> Stream:
                     r.fail(f"unsupported iterable section {idstr!r} "
                            f"(only 'ram' is understood)", at)
                 iterable[sid] = idstr
-                _parse_ram(r, page_size, ram_blocks, caps)
+                _parse_ram(r, page_size, ram_blocks, caps, ram_spans)
                 sec = Section("start", sid, idstr, inst, ver, at, body, r.pos - body,
                               _buf=r.buf)
                 iter_secs.append(sec)
@@ -436,7 +438,7 @@ def _parse(r) -> Stream:
             sid = r.be32("section id")
             if sid not in iterable:
                 r.fail(f"{SECTION_KINDS[t]} record for unknown section id {sid}", at)
-            _parse_ram(r, page_size, ram_blocks, caps)
+            _parse_ram(r, page_size, ram_blocks, caps, ram_spans)
             _footer(r, sid)
             parts += 1
         elif t == QEMU_VM_COMMAND:
@@ -455,7 +457,8 @@ def _parse(r) -> Stream:
     return Stream(path=r.path, size=r.size, version=QEMU_VM_FILE_VERSION, machine=machine,
                   capabilities=caps, page_size=page_size, ram_blocks=ram_blocks,
                   sections=sections, iterable=iterable, vmdesc=desc,
-                  vmdesc_offset=vmdesc_off, iterable_sections=iter_secs, parts=parts)
+                  vmdesc_offset=vmdesc_off, iterable_sections=iter_secs, parts=parts,
+                  ram_spans=ram_spans)
 
 
 def _footer(r, sid):
@@ -499,14 +502,16 @@ def _parse_configuration(r):
     return machine, caps
 
 
-def _parse_ram(r, page_size, blocks, caps):
-    """Walk RAM records up to and including EOS, counting pages, copying nothing."""
+def _parse_ram(r, page_size, blocks, caps, spans=None):
+    """Walk RAM records up to and including EOS, counting pages, copying nothing.
+    ``spans`` gets (first page record, EOS record) offsets: what :func:`strip_ram` cuts."""
     buf, size = r.buf, r.size
     unpack64 = _BE64.unpack_from
     mask = page_size - 1
     # the current block persists across sections (QEMU's loader keeps it in a static)
     block = blocks.get(None)
     pos = r.pos
+    span_start = pos
     ignore_shared = "x-ignore-shared" in caps
     try:
         while True:
@@ -535,6 +540,8 @@ def _parse_ram(r, page_size, blocks, caps):
             if flags & RAM_SAVE_FLAG_EOS:
                 if flags & ~RAM_SAVE_FLAG_EOS:
                     r.fail(f"RAM record with EOS and other flags 0x{flags:x}", at)
+                if spans is not None and at > span_start:
+                    spans.append((span_start, at))
                 break
             if flags & RAM_SAVE_FLAG_MEM_SIZE:
                 if flags != RAM_SAVE_FLAG_MEM_SIZE:
@@ -552,7 +559,7 @@ def _parse_ram(r, page_size, blocks, caps):
                         r.be64("RAM block address")
                     blocks.setdefault(name, RamBlock(name, length))
                     total -= length
-                pos = r.pos
+                pos = span_start = r.pos
                 continue
             if flags & RAM_SAVE_FLAG_MULTIFD_FLUSH:
                 if flags != RAM_SAVE_FLAG_MULTIFD_FLUSH:
@@ -668,3 +675,19 @@ def _walk_field(r, f, prefix, sec):
     r.need(total, f"field {name!r} of section {sec.name!r}")
     r.pos += total
     _register(sec, name, Field(name, ftype, start, total, size, count))
+
+
+def strip_ram(path, out):
+    """Write ``path`` without its RAM page records (each RAM section keeps its block
+    list and its EOS), so a stream of any QEMU version shrinks to its device state:
+    small enough for a test fixture or a bug report, and still a stream this module
+    reads. Returns the bytes written."""
+    stream = parse_stream(path)
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        pos = 0
+        for start, end in stream.ram_spans:
+            dst.write(src.read(start - pos))
+            src.seek(end)
+            pos = end
+        dst.write(src.read())
+        return dst.tell()
