@@ -1181,11 +1181,6 @@ def resolve_qemu(spec: Optional[Union[str, Path]] = None, log: Log = _say) -> Bu
                       f"or give the path of a QEMU binary)")
 
 
-def _vars_beside(code: Path) -> Path:
-    from .firmware import vars_beside     # the one rule of the package, kept there
-    return vars_beside(code)
-
-
 def firmware_from_path(code: Union[str, Path], vars_path: Optional[Union[str, Path]] = None,
                        what: Optional[str] = None) -> Build:
     """An OVMF code image given by path, with its vars template (given, or guessed
@@ -1195,7 +1190,8 @@ def firmware_from_path(code: Union[str, Path], vars_path: Optional[Union[str, Pa
     why = ovmf_image_problem(code)
     if why:
         raise ConfigError(f"{what}: not an OVMF image ({why})")
-    tmpl = Path(os.path.abspath(vars_path)) if vars_path else _vars_beside(code)
+    from .firmware import vars_beside     # the one rule of the package, kept there
+    tmpl = Path(os.path.abspath(vars_path)) if vars_path else vars_beside(code)
     if not tmpl.is_file():
         raise ConfigError(f"{what}: vars template not found: {tmpl} (give it explicitly)")
     why = ovmf_image_problem(tmpl, BLOCK)

@@ -90,7 +90,7 @@ def _resolve_target(opts, need_qemu):
     if opts.firmware and opts.ovmf_code:
         raise ConfigError("--firmware and --ovmf-code name the firmware twice: give one")
     if opts.firmware:
-        fb = builds.resolve_firmware(opts.firmware)
+        fb = builds.resolve_firmware(opts.firmware, opts.ovmf_vars)
         code, varsf, fver = str(fb.ovmf_code), str(fb.ovmf_vars), fb.version
         fname = fb.name if fb.source != "path" else None
     profile, images = fwmod.resolve("ovmf-smm", code, varsf, version=fver)
@@ -141,7 +141,8 @@ def make_backend(name, target: Target, accel):
         from .model.backend import ModelBackend
         from .model.qemu_defects import for_build
         return ModelBackend(semantics=accel, firmware=model_identity(target),
-                            qemu_defects=for_build(accel, target.qemu_version))
+                            qemu_defects=for_build(accel, target.qemu_version,
+                                                   target.firmware_edk2))
     raise ConfigError(f"unknown backend {name!r}")
 
 

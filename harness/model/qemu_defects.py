@@ -51,14 +51,14 @@ def for_semantics(name) -> QemuDefects:
     return BY_SEMANTICS.get(name, NONE)
 
 
-def for_build(accel, qemu_version) -> QemuDefects:
+def for_build(accel, qemu_version, firmware_edk2=None) -> QemuDefects:
     """The defects of the QEMU build the model stands for, from the known-bugs table
     (harness.known_bugs: which versions have which bug). Without a version: those of
     the semantics' reference build (QEMU 7.2 under tcg)."""
     if qemu_version is None:
         return for_semantics(accel)
     from ..known_bugs import model_defects_for
-    flags = model_defects_for(accel, qemu_version)
+    flags = model_defects_for(accel, qemu_version, firmware_edk2)
     if not flags:
         return NONE
     return QemuDefects(f"qemu-{qemu_version}-{accel}", **{f: True for f in sorted(flags)})
