@@ -95,12 +95,10 @@ BUGS = (
         "tcg-single-thread-eject-abort",
         "with -accel tcg,thread=single the firmware's eject joins the one vCPU thread "
         "from itself: qemu_thread_join: Resource deadlock avoided",
-        accels=("tcg",), qemu=VersionRange(">=7.2"), firmware=VersionRange("<202411"),
+        accels=("tcg",), qemu=VersionRange(">=7.2"),
         model_defect="eject_aborts_single_threaded_tcg",
-        evidence="aborts on 7.2.22, 10.0.2 and 11.1.3 with OVMF 2022.11 (builds.md); with "
-                 "OVMF 2025.02 the eject completes on 7.2.22 (matrix, 2026-12-01): the "
-                 "firmware side changed between (edk2-stable202411 added 'CpuHotplugSmm: "
-                 "delay SMM exit'), so the range ends there, not bisected"),
+        evidence="aborts on 7.2.22, 10.0.2 and 11.1.3 (builds.md), with OVMF 2022.11, "
+                 "2025.02 and 2026.08 (matrix)"),
     KnownBug(
         "unplug-heap-corruption",
         "after a CPU unplug the next system_reset, device_add or migration kills QEMU "

@@ -32,6 +32,8 @@ MIGRATE_TIMEOUT = 60.0
 # another CPU's 0xB2 write): "left in SMM" means still there after this long.
 SMM_SETTLE = 2.0
 SMM_SETTLE_POLL = 0.25
+# after an unplug's slot empties, how long QEMU must stay alive for it to count
+EJECT_SETTLE = 1.0
 # Agent snippet: one line per Linux CPU: "<n> <ACPI path> <online>"; then /proc/cpuinfo.
 CPU_LIST_CMD = (
     'for d in /sys/devices/system/cpu/cpu[0-9]*; do n=${d##*cpu}; '
@@ -263,6 +265,18 @@ class QemuBackend(Backend):
                                 f"device_del of slot {slot}")
                 raise NotRemoved(slot, timeout, self._unplug_diagnosis(slot))
             time.sleep(0.1)
+        # The slot empties inside the unrealize that ejects the CPU; QEMU can still die
+        # in that same unrealize (single-threaded TCG's thread join): an unplug counts
+        # as done only once QEMU has answered QMP afterwards and is still alive.
+        settle = time.monotonic() + EJECT_SETTLE
+        while time.monotonic() < settle:
+            self._require_alive()
+            time.sleep(0.05)
+        try:
+            self.vm.qmp.cmd("query-status")
+        except QemuError:
+            pass
+        self._require_alive()
         return {"removed": path}
 
     def _unplug_diagnosis(self, slot) -> dict:
