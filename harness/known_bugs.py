@@ -108,6 +108,13 @@ BUGS = (
         evidence="dies on 7.2.22; gone on 10.0.2 and 11.1.3 (builds.md); the fixing "
                  "release between them was not bisected"),
     KnownBug(
+        "migration-stalls-after-unplug",
+        "after a CPU unplug, a migration to a file stays in status 'setup' for good",
+        accels=("tcg",), qemu=VersionRange(">=10.0, <11.1"),
+        evidence="found by this harness's matrix on 10.0.2 (every scenario that snapshots "
+                 "after an unplug, OVMF 2022.11 and 2025.02); 11.1.3 migrates; 11.0 not "
+                 "tried. The harness snapshots through QMP/HMP only after an unplug there"),
+    KnownBug(
         "tcg-contexts-not-recycled",
         "multi-threaded TCG never frees an unplugged vCPU's translation context, so a "
         "re-plug after an unplug (more vCPU threads than maxcpus) aborts QEMU: "

@@ -32,6 +32,9 @@ MIGRATE_TIMEOUT = 60.0
 # another CPU's 0xB2 write): "left in SMM" means still there after this long.
 SMM_SETTLE = 2.0
 SMM_SETTLE_POLL = 0.25
+# known bugs that make a migration after an unplug kill or stall QEMU: snapshots come
+# from QMP/HMP only on builds that have one of them
+MIGRATION_UNSAFE_AFTER_UNPLUG = ("unplug-heap-corruption", "migration-stalls-after-unplug")
 # after an unplug's slot empties, how long QEMU must stay alive for it to count
 EJECT_SETTLE = 1.0
 # Agent snippet: one line per Linux CPU: "<n> <ACPI path> <online>"; then /proc/cpuinfo.
@@ -137,8 +140,9 @@ class QemuBackend(Backend):
     def _migration_unsafe(self):
         if not self.unplugged or settings.migrate_after_unplug():
             return False
-        bug = known_bugs.get("unplug-heap-corruption")
-        return bug.affects(self._info.get("accel"), self._info.get("qemu_version"))
+        return any(known_bugs.get(b).affects(self._info.get("accel"),
+                                             self._info.get("qemu_version"))
+                   for b in MIGRATION_UNSAFE_AFTER_UNPLUG)
 
     def _qmp(self, command, **args):
         """A QMP command whose refusal is a scenario outcome (Refused)."""
