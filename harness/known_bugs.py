@@ -113,7 +113,9 @@ BUGS = (
         accels=("tcg",), qemu=VersionRange(">=10.0, <11.1"),
         evidence="found by this harness's matrix on 10.0.2 (every scenario that snapshots "
                  "after an unplug, OVMF 2022.11 and 2025.02); 11.1.3 migrates; 11.0 not "
-                 "tried. The harness snapshots through QMP/HMP only after an unplug there"),
+                 "tried; a system_reset does not help. The harness snapshots through "
+                 "QMP/HMP only after an unplug there",
+        modelled=False),
     KnownBug(
         "tcg-contexts-not-recycled",
         "multi-threaded TCG never frees an unplugged vCPU's translation context, so a "
