@@ -15,6 +15,8 @@ How a build is obtained:
   host's own libraries, arch-all OVMF packages need nothing at all.
 * the ``mmdebstrap`` row builds a whole trixie root (QEMU 11.1 is linked against
   Debian 13's libraries) and runs QEMU through that root's own dynamic loader.
+* ``source`` rows build QEMU from the suite's source package with one of our patch
+  series (``contrib/qemu/``) applied: :mod:`harness.source_build`.
 
 Nothing is installed into the system and the system's apt sources are never touched:
 package versions are looked up and downloaded through a private apt configuration per
@@ -119,6 +121,8 @@ class CatalogEntry:
     files: Tuple[str, ...] = ()
     about: str = ""
     minutes: Optional[int] = None       # rough fetch time, said before a long fetch
+    patches: Optional[str] = None       # source: the series, contrib/qemu/<patches>/
+    marker: str = ""                    # source: what --version's pkgversion ends with
 
     @property
     def fetched(self) -> bool:
@@ -141,6 +145,11 @@ CATALOG: Tuple[CatalogEntry, ...] = (
                  base_suite="trixie", files=(QEMU_BINARY,), minutes=1,
                  about="trixie-backports' QEMU in a private trixie root, run through "
                        "that root's loader"),
+    CatalogEntry("qemu-7.2-smm-fix", "qemu", "source", "bookworm", "7.2",
+                 packages=("qemu",), files=(), patches="7.2", marker="smm-fix", minutes=8,
+                 about="Debian 12's QEMU source with our TCG SMM fixes (contrib/qemu/7.2: "
+                       "INIT latched in SMM, SMI held in wait-for-SIPI and kept at INIT), "
+                       "built here"),
     CatalogEntry("ovmf-2022.11", "ovmf", "system", "bookworm", "2022.11",
                  packages=("ovmf",),
                  files=("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
@@ -376,13 +385,15 @@ def upstream_matches(version: str, prefix: str) -> bool:
     return re.match(re.escape(prefix) + r"($|[.+~-])", upstream) is not None
 
 
-def pick_version(madison: str, package: str, prefix: Optional[str]) -> Optional[str]:
+def pick_version(madison: str, package: str, prefix: Optional[str],
+                 source: bool = False) -> Optional[str]:
     """The newest version of ``package`` in ``apt-cache madison`` output whose upstream
-    version has ``prefix`` (any version when None); None if there is none."""
+    version has ``prefix`` (any version when None); None if there is none. Binary
+    packages by default, the source package with ``source``."""
     found = []
     for line in madison.splitlines():
         cols = [c.strip() for c in line.split("|")]
-        if len(cols) >= 3 and cols[0] == package and "Sources" not in cols[2]:
+        if len(cols) >= 3 and cols[0] == package and ("Sources" in cols[2]) == source:
             if prefix is None or upstream_matches(cols[1], prefix):
                 found.append(cols[1])
     best = None
@@ -529,11 +540,12 @@ def system_mirror() -> str:
     return uri
 
 
-def private_sources(mirror: str, suites: Iterable[str]) -> str:
-    """deb822 text of the private apt sources for ``suites`` (main, amd64, signed)."""
+def private_sources(mirror: str, suites: Iterable[str], types: str = "deb") -> str:
+    """deb822 text of the private apt sources for ``suites`` (main, amd64, signed);
+    ``types`` "deb-src" for source packages."""
     return "".join(
-        f"Types: deb\nURIs: {mirror}\nSuites: {s}\nComponents: main\nArchitectures: amd64\n"
-        f"Signed-By: {KEYRING}\n\n" for s in suites)
+        f"Types: {types}\nURIs: {mirror}\nSuites: {s}\nComponents: main\n"
+        f"Architectures: amd64\nSigned-By: {KEYRING}\n\n" for s in suites)
 
 
 class PrivateApt:
@@ -543,9 +555,9 @@ class PrivateApt:
 
     _updated: set = set()       # private apt dirs whose lists this process refreshed
 
-    def __init__(self, cache: Path, suite: str, mirror: str):
-        self.suite, self.mirror = suite, mirror
-        self.dir = cache / ".apt" / suite
+    def __init__(self, cache: Path, suite: str, mirror: str, types: str = "deb"):
+        self.suite, self.mirror, self.types = suite, mirror, types
+        self.dir = cache / ".apt" / (suite if types == "deb" else f"{suite}-{types}")
 
     def options(self) -> List[str]:
         d = self.dir
@@ -569,7 +581,7 @@ class PrivateApt:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "status").touch()
         src = self.dir / "sources.list.d" / f"{self.suite}.sources"
-        text = private_sources(self.mirror, [self.suite])
+        text = private_sources(self.mirror, [self.suite], self.types)
         if not src.is_file() or src.read_text() != text:
             _write_atomic(src, text)
 
@@ -785,6 +797,12 @@ def load_cached(name: str, cache: Optional[Path] = None) -> Optional[Build]:
     if not needed or not all(p.exists() for p in needed):
         _log.debug("cached %s is incomplete: %s", name, [str(p) for p in needed if not p.exists()])
         return None
+    if entry.method == "source":
+        from .source_build import stale
+        why = stale(record, str(entry.patches))
+        if why:
+            _log.info("cached %s is stale: %s", name, why)
+            return None
     if entry.kind == "qemu":
         _refresh_wrapper(build_dir, record)
     return build
@@ -866,7 +884,7 @@ def _resolve_versions(entry: CatalogEntry, apt: PrivateApt, log: Log) -> Dict[st
     madison = apt.madison(entry.packages)
     out = {}
     for pkg in entry.packages:
-        v = pick_version(madison, pkg, entry.version)
+        v = pick_version(madison, pkg, entry.version, source=entry.method == "source")
         if v is None:
             have = madison_versions(madison, pkg)
             raise HarnessError(f"{entry.name}: {entry.suite} has no {pkg} {entry.version}.x"
@@ -1019,6 +1037,9 @@ def _verify_qemu(entry: CatalogEntry, stage: Path, layout: Dict[str, object], lo
     number = qemu_version_number(line)
     if not number or not upstream_matches(number, entry.version):
         raise HarnessError(f"{entry.name}: the fetched QEMU says {line!r}, not {entry.version}")
+    if entry.marker and f"+{entry.marker})" not in line:
+        raise HarnessError(f"{entry.name}: the built QEMU says {line!r}, without "
+                           f"+{entry.marker} (configure's --with-pkgversion was not applied)")
     log(f"builds: {entry.name}: checking that QEMU {number} starts q35 (TCG, QMP)")
     why = qmp_probe(wrapper)
     if why:
@@ -1035,16 +1056,23 @@ def _build(entry: CatalogEntry, cache: Path, log: Log) -> Build:
     t0 = time.monotonic()
     stage = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=cache))
     try:
-        apt = PrivateApt(cache, entry.suite, system_mirror())
+        apt = PrivateApt(cache, entry.suite, system_mirror(),
+                         "deb-src" if entry.method == "source" else "deb")
         extra: Dict[str, object] = {}
         if entry.method == "debs":
             packages = _fetch_debs(entry, stage, apt, log)
         elif entry.method == "mmdebstrap":
             packages, extra = _fetch_mmdebstrap(entry, stage, apt, log)
+        elif entry.method == "source":
+            from . import source_build
+            source_build.patches(str(entry.patches))      # the series is there: say so now
+            version = _resolve_versions(entry, apt, log)[entry.packages[0]]
+            packages, extra = source_build.build_qemu(entry, stage, apt, version, log)
         else:
             raise HarnessError(f"{entry.name}: unknown build method {entry.method!r}")
         if entry.kind == "qemu":
-            layout = _qemu_layout(entry, stage)
+            layout = (source_build.layout() if entry.method == "source"
+                      else _qemu_layout(entry, stage))
             line = _verify_qemu(entry, stage, layout, log)
             number = qemu_version_number(line) or ""
             hashes = {str(layout["binary"]): sha256_file(stage / str(layout["binary"]))}
