@@ -139,8 +139,10 @@ def make_backend(name, target: Target, accel):
                            ovmf_vars=target.ovmf_vars, firmware_version=target.firmware_version)
     if name == "model":
         from .model.backend import ModelBackend
+        from .model.cpu import semantics_for_build
         from .model.qemu_defects import for_build
-        return ModelBackend(semantics=accel, firmware=model_identity(target),
+        return ModelBackend(semantics=semantics_for_build(accel, target.qemu_version),
+                            firmware=model_identity(target),
                             qemu_defects=for_build(accel, target.qemu_version,
                                                    target.firmware_edk2))
     raise ConfigError(f"unknown backend {name!r}")

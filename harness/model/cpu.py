@@ -95,7 +95,23 @@ KVM = CpuSemantics("kvm", init_latched_in_smm=True, sipi_dropped_in_smm=True,
 # still not latched (facts §4.2).
 TCG = CpuSemantics("tcg", init_latched_in_smm=False, sipi_dropped_in_smm=True,
                    smi_wakes_wait_for_sipi=True, init_discards_pending_smi=True)
-SEMANTICS = {"kvm": KVM, "tcg": TCG}
+# QEMU TCG with our patch series (contrib/qemu/, build qemu-7.2-smm-fix): INIT latched
+# in SMM, SMI held while waiting for SIPI and kept across INIT -- KVM's rules.
+TCG_SMM_FIX = CpuSemantics("tcg+smm-fix", init_latched_in_smm=True, sipi_dropped_in_smm=True,
+                           smi_wakes_wait_for_sipi=False, init_discards_pending_smi=False)
+SEMANTICS = {"kvm": KVM, "tcg": TCG, "tcg+smm-fix": TCG_SMM_FIX}
+
+
+def semantics_for_build(accel, qemu_version=None):
+    """The CPU rules of the build the model stands for: KVM's under kvm; under tcg,
+    TCG's own unless the QEMU build is free of known bug ``tcg-init-in-smm`` (a build
+    with our fix series; harness.known_bugs decides, from its --version)."""
+    if accel != "tcg":
+        return semantics(accel)
+    from ..known_bugs import get
+    if qemu_version is not None and not get("tcg-init-in-smm").affects("tcg", qemu_version):
+        return TCG_SMM_FIX
+    return TCG
 
 
 def semantics(value):

@@ -97,6 +97,19 @@ def resolve_binary(path=None):
 _versions = {}
 
 
+def version_markers(version_output):
+    """'+smm-fix' when ``--version``'s package version ends with the marker of one of our
+    patch series (harness.known_bugs: a fixed build of the same release), else ''."""
+    from ..known_bugs import BUGS
+    first = version_output.strip().splitlines()[0] if version_output.strip() else ""
+    m = re.search(r"\(([^()]*)\)\s*$", first)
+    if not m:
+        return ""
+    tail = m.group(1).split("+")[1:]
+    known = {b.fixed_by for b in BUGS if b.fixed_by}
+    return "".join(f"+{t}" for t in tail if t in known)
+
+
 def qemu_version(binary):
     if binary not in _versions:
         try:
@@ -107,7 +120,7 @@ def qemu_version(binary):
         m = re.search(r"version (\S+)", out)
         if not m:
             raise ConfigError(f"{binary} does not look like QEMU: {out.strip()[:80]!r}")
-        _versions[binary] = m.group(1)
+        _versions[binary] = m.group(1) + version_markers(out)
     return _versions[binary]
 
 
