@@ -15,7 +15,7 @@ from pathlib import Path
 from . import __version__, known_bugs
 from .checks import CheckContext, CheckResult, run_check
 from .errors import BackendError, HarnessError, Hang, NotRemoved, QemuCrashed, Refused
-from .scenario import Expectation, Scenario, plug_of
+from .scenario import Expectation, Scenario, plug_of, plugs_of
 from .trace import TraceWriter
 
 APM_NO_SMI = (0x02, 0x03)   # ACPI enable/disable values of APM_CNT raise no SMI (hw.py)
@@ -104,7 +104,7 @@ class _Run:
         if op == "coldplug":
             return b.coldplug(plug_of(step)), None
         if op == "hotplug":
-            return b.hotplug(plug_of(step)), None
+            return b.hotplug(*plugs_of(step)), None
         if op == "boot":
             return (b.boot(a["timeout"]) if "timeout" in a else b.boot()), None
         if op == "unplug":

@@ -315,6 +315,16 @@ def _step(ctx, node, index, machine):
         return Step(op, {}, line)
     if no_arg:
         raise ctx.err(node, k, "needs an argument")
+    if op == "hotplug" and isinstance(val, yaml.SequenceNode):
+        # device_add of each, back to back, before the guest has handled the first
+        # (what `virsh setvcpus` does); then the guest must list them all
+        if len(val.value) < 2:
+            raise ctx.err(val, k, "a list names two or more CPUs added back to back")
+        plugs = [_cpu_plug(ctx, x, f"{k}[{j}]", machine) for j, x in enumerate(val.value)]
+        slots = [p["slot"] for p in plugs]
+        if len(set(slots)) != len(slots):
+            raise ctx.err(val, k, f"slot listed twice ({slots})")
+        return Step(op, {"plugs": plugs}, line)
     if op in ("coldplug", "hotplug"):
         return Step(op, _cpu_plug(ctx, val, k, machine), line)
     if op == "unplug" and not isinstance(val, yaml.ScalarNode):
@@ -533,6 +543,14 @@ def load_all(paths) -> list:
 
 def plug_of(step) -> CpuPlug:
     return CpuPlug(slot=step.args["slot"], props=dict(step.args.get("props") or {}))
+
+
+def plugs_of(step) -> list:
+    """The CPUs a (hot)plug step adds: one, or several back to back."""
+    if "plugs" in step.args:
+        return [CpuPlug(slot=p["slot"], props=dict(p.get("props") or {}))
+                for p in step.args["plugs"]]
+    return [plug_of(step)]
 
 
 __all__ = ["Scenario", "Step", "Expectation", "load", "discover", "ACCELS", "CHECKS",

@@ -157,17 +157,28 @@ class ModelBackend(Backend):
         self.booted = True
         return {"online": sorted(m.guest.online), "steps": m.steps}
 
-    def hotplug(self, cpu: CpuPlug) -> dict:
+    def hotplug(self, cpu: CpuPlug, *more: CpuPlug) -> dict:
+        """device_add of ``cpu`` and ``more`` back to back (the guest handles none of
+        them in between: one SCI for all), then the guest's scan runs."""
         m = self._running("hotplug")
-        c, gpe = m.device_add(cpu.slot, cpu.props, hotplug=True)
-        if gpe:
+        plugs = (cpu, *more)
+        added, raise_sci = [], False
+        for p in plugs:
+            c, gpe = m.device_add(p.slot, p.props, hotplug=True)
+            added.append(c)
+            raise_sci = raise_sci or gpe
+        if raise_sci:
             m.sci()
         m.run()
-        if cpu.slot not in m.guest.known:    # as the QEMU backend: the guest must list it
-            raise Hang(f"guest did not list the CPU hot-added in slot {cpu.slot}"
+        missing = [p.slot for p in plugs if p.slot not in m.guest.known]
+        if missing:    # as the QEMU backend: the guest must list each one
+            which = ", ".join(str(p.slot) for p in plugs)
+            raise Hang(f"guest did not list the CPU hot-added in slot {which}"
                        + (f": {m.sci_lost}" if m.sci_lost else ""),
                        m.diagnosis("hot-added CPU never seen by the guest"))
-        return self._cpu_result(c)
+        if not more:
+            return self._cpu_result(added[0])
+        return {"devices": [self._cpu_result(c) for c in added]}
 
     def unplug(self, slot: int, timeout: float | None = None) -> dict:
         m = self._running("unplug")

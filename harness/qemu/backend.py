@@ -209,17 +209,23 @@ class QemuBackend(Backend):
         rc, out = self._agent_run(CPU_LIST_CMD)
         return parse_cpu_list(out)
 
-    def hotplug(self, cpu: CpuPlug) -> dict:
+    def hotplug(self, cpu: CpuPlug, *more: CpuPlug) -> dict:
+        """device_add of ``cpu`` (and of ``more``, back to back, before the guest has
+        handled the first), then wait until the guest lists every one of them."""
         self._require_alive()
-        res = self._device_add(cpu)
+        plugs = (cpu, *more)
+        added = [self._device_add(c) for c in plugs]
+        res = dict(added[0]) if not more else {"devices": added}
+        slots = [c.slot for c in plugs]
+        which = ", ".join(map(str, slots))
         # The guest's ACPI GPE handler runs the CPU scan (and the SMI upcall); the new
         # CPU is handled once the guest lists it. A firmware hang shows as silence.
         deadline = time.monotonic() + HOTPLUG_TIMEOUT
         while True:
             left = deadline - time.monotonic()
-            what = f"guest stopped answering after the hot-add of slot {cpu.slot}"
+            what = f"guest stopped answering after the hot-add of slot {which}"
             if left <= 0:
-                raise self._hang(f"guest did not list the CPU hot-added in slot {cpu.slot} "
+                raise self._hang(f"guest did not list the CPU hot-added in slot {which} "
                                  f"within {HOTPLUG_TIMEOUT:.0f} s")
             try:
                 rc, out = self.agent.run(CPU_LIST_CMD, timeout=min(left, AGENT_PROBE))
@@ -228,8 +234,11 @@ class QemuBackend(Backend):
                     raise self._hang(what + " (CPUs stay in SMM)") from None
                 continue
             cpus = parse_cpu_list(out)
-            if cpu.slot in cpus:
-                res["guest_cpu"] = cpus[cpu.slot]["linux"]
+            if all(s in cpus for s in slots):
+                if more:
+                    res["guest_cpus"] = [cpus[s]["linux"] for s in slots]
+                else:
+                    res["guest_cpu"] = cpus[cpu.slot]["linux"]
                 return res
             time.sleep(0.2)
 
