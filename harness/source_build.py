@@ -50,7 +50,7 @@ CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "qemu"
 #: Debian packages a minimal x86_64-softmmu TCG build needs (tcg-hotadd.md, measured)
 BUILD_DEPENDS = ("gcc", "make", "ninja-build", "meson", "pkg-config", "python3-venv",
                  "libglib2.0-dev", "libpixman-1-dev", "libslirp-dev", "libfdt-dev",
-                 "zlib1g-dev", "flex", "bison", "patch")
+                 "zlib1g-dev", "flex", "bison", "patch", "ccache")
 
 #: configure: one target, TCG (and KVM, which costs nothing), no docs, tools or blobs
 CONFIGURE = ("--target-list=x86_64-softmmu", "--without-default-features",
