@@ -150,6 +150,11 @@ CATALOG: Tuple[CatalogEntry, ...] = (
                  about="Debian 12's QEMU source with our TCG SMM fixes (contrib/qemu/7.2: "
                        "INIT latched in SMM, SMI held in wait-for-SIPI and kept at INIT), "
                        "built here"),
+    CatalogEntry("qemu-10.2-smm-fix", "qemu", "source", "sid", "10.2",
+                 packages=("qemu",), files=(), patches="10.2", marker="smm-fix", minutes=10,
+                 about="sid's QEMU 10.2 source (the newest the registry serves; 11.1's "
+                       "files are not) with our TCG SMM fixes (contrib/qemu/10.2), built "
+                       "here against Debian 12's libraries"),
     CatalogEntry("ovmf-2022.11", "ovmf", "system", "bookworm", "2022.11",
                  packages=("ovmf",),
                  files=("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",

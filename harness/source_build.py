@@ -220,6 +220,54 @@ def apply_series(who: str, tree: Path, series: str, log_file: Path, log: Log) ->
     return applied
 
 
+def meson_requirement(tree: Path) -> Optional[Tuple[int, ...]]:
+    """The lowest meson the source asks for (``meson_version: '>=1.5.0'`` in its
+    meson.build), as a version tuple; None if it does not say."""
+    try:
+        text = (tree / "meson.build").read_text(errors="replace")[:4000]
+    except OSError:
+        return None
+    m = re.search(r"meson_version\s*:\s*'>=\s*([0-9.]+)'", text)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
+def _system_meson() -> Optional[Tuple[int, ...]]:
+    try:
+        out = subprocess.run(["meson", "--version"], capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.match(r"(\d+(?:\.\d+)*)", out)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else None
+
+
+def python_with_meson(who: str, need: Tuple[int, ...], cache: Path, log: Log) -> Path:
+    """A Python for QEMU's configure whose site-packages hold a meson >= ``need``: a
+    venv under the cache with meson from PyPI (QEMU >= 9 wants a newer meson than
+    Debian 12's 1.0; its configure takes meson from the Python it is given)."""
+    want = ".".join(map(str, need))
+    venv = cache / ".tools" / f"meson-{want}"
+    py = venv / "bin" / "python3"
+    probe = [str(py), "-c", "import mesonbuild.coredata as c; print(c.version)"]
+    try:
+        ok = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+        if ok.returncode == 0:
+            return py
+    except (OSError, subprocess.SubprocessError):
+        pass
+    log(f"builds: {who}: a Python with meson >= {want} (pip, into {venv})")
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    for argv in (["python3", "-m", "venv", "--clear", str(venv)],
+                 [str(py), "-m", "pip", "install", "-q", f"meson>={want}"]):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            lines = [l for l in (proc.stderr + proc.stdout).splitlines()
+                     if l.strip() and not l.startswith("WARNING")]
+            raise HarnessError(f"{who}: cannot make a Python with meson >= {want}: "
+                               f"{lines[-1] if lines else proc.returncode}")
+    return py
+
+
 def _ninja_with_progress(who: str, build: Path, log_file: Path, log: Log, env) -> None:
     """ninja's ``[N/M]`` lines become a progress line every 10 %."""
     argv = ["ninja", "qemu-system-x86_64"]
@@ -274,10 +322,15 @@ def build_qemu(entry, stage: Path, apt, version: str, log: Log) -> Tuple[List[Di
     build = work / "build"
     build.mkdir()
     pv = pkgversion(version, entry.marker)
+    extra_args = []
+    need = meson_requirement(tree)
+    have = _system_meson()
+    if need and (have is None or have < need):
+        extra_args.append(f"--python={python_with_meson(who, need, stage.parent, log)}")
     log(f"builds: {who}: configure (x86_64-softmmu, TCG; pkgversion {pv!r}"
         f"{', ccache' if ccache else ''})")
-    _run([tree / "configure", *CONFIGURE, f"--with-pkgversion={pv}"], logs / "configure.log",
-         cwd=build, env=env, timeout=900)
+    _run([tree / "configure", *CONFIGURE, *extra_args, f"--with-pkgversion={pv}"],
+         logs / "configure.log", cwd=build, env=env, timeout=900)
     about = f" (about {entry.minutes} min on 2 cores without ccache)" if entry.minutes else ""
     log(f"builds: {who}: ninja qemu-system-x86_64{about}")
     _ninja_with_progress(who, build, logs / "ninja.log", log, env)

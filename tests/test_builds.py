@@ -60,9 +60,10 @@ def _ovmf_image(path: Path, size=2 << 20, fvh_block=3) -> Path:
 
 def test_catalog_names_and_kinds():
     assert builds.build_names() == ["qemu-7.2", "qemu-10.0", "qemu-11.1", "qemu-7.2-smm-fix",
-                                    "ovmf-2022.11", "ovmf-2025.02", "ovmf-2026.08"]
+                                    "qemu-10.2-smm-fix", "ovmf-2022.11", "ovmf-2025.02",
+                                    "ovmf-2026.08"]
     assert builds.build_names("qemu") == ["qemu-7.2", "qemu-10.0", "qemu-11.1",
-                                          "qemu-7.2-smm-fix"]
+                                          "qemu-7.2-smm-fix", "qemu-10.2-smm-fix"]
     assert builds.build_names("ovmf") == ["ovmf-2022.11", "ovmf-2025.02", "ovmf-2026.08"]
     assert len({e.name for e in builds.CATALOG}) == len(builds.CATALOG)
     for e in builds.CATALOG:
