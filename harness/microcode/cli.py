@@ -16,11 +16,12 @@ Output lines mimic ``iucode_tool -l``:
 import json
 import os
 import sys
+from typing import NamedTuple
 
 from .amd import CONTAINER_MAGIC_BYTES, parse_amd
 from .cpio import AMD_PATH, INTEL_PATH, build_early_cpio, find_cpio_data
 from .intel import parse_intel
-from .select import AMD, INTEL, Cpu, iucode_select, pack_amd, select_amd, signatures_match
+from .select import AMD, INTEL, iucode_select, pack_amd, signatures_match
 
 MAX_FILE_SIZE = 1 << 30    # iucode_tool's per-file limit
 
@@ -162,9 +163,19 @@ def cmd_list(args):
     return 1 if damaged else 0
 
 
+class _CliCpu(NamedTuple):
+    """A CPU given on the command line (a pf *mask*, not only one platform id)."""
+
+    vendor: str
+    signature: int
+    pf_mask: int
+    revision: int
+
+
 @_guard
 def cmd_select(args):
-    """What Linux's loader would load for one CPU."""
+    """What Linux's loader (``--kernel`` generation, early or ``--late``) would load."""
+    from . import linux
     sig = parse_number(args.signature, "--signature")
     rev = parse_number(args.revision, "--revision") if args.revision is not None else 0
     loaded = Loaded(args.paths)
@@ -172,8 +183,12 @@ def cmd_select(args):
     vendor = args.vendor
     if vendor == "auto":
         vendor = AMD if loaded.amd and not loaded.intel else INTEL
-    if vendor in ("amd", AMD):
-        choice = select_amd(loaded.amd, Cpu(AMD, sig, None, rev))
+    vendor = AMD if vendor in ("amd", AMD) else INTEL
+    if vendor == AMD:
+        if args.late:
+            raise UsageError("--late: only Intel late loading is modelled")
+        choice = linux.early_amd(loaded.amd, _CliCpu(AMD, sig, 0, rev), args.kernel)
+        safe = None
     else:
         if args.platform_id is not None:
             pid = parse_number(args.platform_id, "--platform-id")
@@ -182,20 +197,28 @@ def cmd_select(args):
             pf = 1 << pid
         else:
             pf = parse_number(args.pf_mask, "--pf-mask") if args.pf_mask is not None else 0xFF
-        best = None
-        for u in loaded.intel:      # the loader's rule with a CPU pf of ``pf``
-            hit = any(signatures_match(sig, pf, s, p) for s, p in u.signatures)
-            if hit and u.revision > (rev & 0xFFFFFFFF) and (best is None or u.revision > best.revision):
-                best = u
-        choice = best
+        cpu = _CliCpu(INTEL, sig, pf, rev)
+        if args.late:
+            late = linux.late_intel(loaded.intel, cpu, args.kernel, force_minrev=args.force_minrev)
+            choice, safe = (late.update, late.safe) if late else (None, None)
+        else:
+            choice, safe = linux.early_intel(loaded.intel, cpu, args.kernel), None
     if choice is None:
         print("no applicable update" if not args.json else "[]")
         return 1
-    if vendor in ("amd", AMD):
+    if vendor == AMD:
         pairs = [(sig, 0)]
     else:
         pairs = [next((s, p) for s, p in choice.signatures if signatures_match(sig, pf, s, p))]
-    _print_rows(_rows(loaded, choice, pairs), args.json)
+    rows = _rows(loaded, choice, pairs)
+    if safe is not None:
+        for r in rows:
+            r["minrev_safe"] = safe
+    _print_rows(rows, args.json)
+    if safe is False:
+        print(f"microcode: warning: min_req_ver 0x{choice.min_req_ver:x} not met by current "
+              f"revision 0x{rev:x}: Linux {args.kernel} loads it unsafely and taints "
+              f"(--force-minrev refuses it)", file=sys.stderr)
     return 1 if damaged else 0
 
 
@@ -303,6 +326,14 @@ def register(subparsers):
     g.add_argument("--platform-id", help="MSR 0x17 platform id 0..7 (pf mask = 1 << id)")
     p.add_argument("--revision", help="current revision (MSR 0x8B); default 0")
     p.add_argument("--vendor", choices=("auto", "intel", "amd"), default="auto")
+    p.add_argument("--kernel", choices=("6.1", "6.7"), default="6.1",
+                   help="Linux generation whose rules apply: 6.1 (Debian 12's guest, "
+                        "default) or 6.7 (6.7 and later)")
+    p.add_argument("--late", action="store_true",
+                   help="late loading (/sys/.../microcode/reload) instead of early (Intel)")
+    p.add_argument("--force-minrev", action="store_true",
+                   help="with --late --kernel 6.7: refuse updates whose min_req_ver the "
+                        "current revision does not meet (microcode=force_minrev)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_select)
 

@@ -1,10 +1,9 @@
-"""Which update a CPU gets, and packing a set of updates (facts §1.5, §1.6, §2.2, §4.1).
+"""What a CPU matches, and packing a set of updates (facts §1.5, §4.1).
 
-Why: the harness predicts the microcode revision a (hot-added) CPU will report. That is
-the update Linux's loader picks, not simply "the newest in the file": the signature must
-be equal, the platform flags must intersect (or both be 0), extended signatures count,
-only a revision strictly above the running one is taken, the highest wins and the first
-wins on ties. Linux compares revisions as u32.
+Why: matching (equal signature, platform flags intersecting or both 0, extended
+signatures counting) is shared by Linux's loaders and by iucode_tool's selection. Which
+update Linux then *picks* depends on the kernel generation and lives in
+``harness.microcode.linux``.
 
 Packing follows ``iucode_tool``: de-duplicate by (sig, pf, rev) plus payload and sort by
 signature ascending, then pf mask descending, so our GenuineIntel.bin equals ``-w``'s.
@@ -17,7 +16,6 @@ as high is dropped) so listings can be compared with the oracle.
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional
 
-from .amd import FINAL_PATCH_LEVELS, patches_for_cpu
 from .cpuid import intel_cpu_pf
 from .defects import Defect
 
@@ -55,51 +53,6 @@ def signatures_match(sig1, pf1, sig2, pf2):
 
 def intel_update_matches(update, cpu_sig, cpu_pf):
     return any(signatures_match(cpu_sig, cpu_pf, s, p) for s, p in update.signatures)
-
-
-def applicable_intel(updates, cpu):
-    """All updates that match the CPU, whatever their revision, in file order."""
-    pf = cpu.pf_mask
-    return [u for u in updates if intel_update_matches(u, cpu.signature, pf)]
-
-
-def select_intel(updates, cpu):
-    """The update Linux's ``scan_microcode`` would load, or None (never a downgrade)."""
-    best = None
-    cur = cpu.revision & 0xFFFFFFFF
-    for u in applicable_intel(updates, cpu):
-        if u.revision > cur and (best is None or u.revision > best.revision):
-            best = u
-    return best
-
-
-def select_amd(containers, cpu, *, reapply_equal=False):
-    """The AMD patch Linux would load, or None.
-
-    The highest ``patch_id`` among matching patches (first wins on ties), taken only if
-    it is above the current level (``reapply_equal``: the 6.5/6.6 rule that also
-    re-applies an equal level). A CPU on a final patch level gets nothing.
-    """
-    if cpu.revision in FINAL_PATCH_LEVELS:
-        return None
-    best = None
-    for p in patches_for_cpu(containers, cpu.signature):
-        if best is None or p.patch_id > best.patch_id:
-            best = p
-    if best is None:
-        return None
-    if best.patch_id > cpu.revision or (reapply_equal and best.patch_id == cpu.revision):
-        return best
-    return None
-
-
-def select_for_cpu(cpu, *, intel_updates=(), amd_containers=()):
-    """Dispatch on the vendor."""
-    if cpu.vendor == INTEL:
-        return select_intel(intel_updates, cpu)
-    if cpu.vendor == AMD:
-        return select_amd(amd_containers, cpu)
-    return None
 
 
 # --- iucode_tool-compatible selection and packing -----------------------------------
@@ -191,12 +144,6 @@ def dedup_sort(updates):
 def pack_intel(updates):
     """GenuineIntel.bin bytes for ``updates`` (de-duplicated and sorted, see ``dedup_sort``)."""
     return b"".join(u.raw for u in dedup_sort(updates))
-
-
-def pack_for_cpus(updates, cpus):
-    """GenuineIntel.bin holding, for each Intel CPU, the update Linux would load for it."""
-    chosen = [select_intel(updates, c) for c in cpus if c.vendor == INTEL]
-    return pack_intel([u for u in chosen if u is not None])
 
 
 def pack_amd(containers):

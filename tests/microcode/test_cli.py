@@ -82,3 +82,29 @@ def test_pack_early_and_find(files, capsys, tmp_path):
 
 def test_microcode_without_subcommand(capsys):
     assert run_cli() == 2
+
+
+def test_select_kernel_generations(tmp_path, capsys):
+    """6.1's scan_microcode keeps the extended-table-only pick (rev 5), 6.7+ loads 7."""
+    a = build_update(0x906EB, 0x02, 5, ext_sigs=[(0x906EB, 0x02), (0x906EA, 0x02)])
+    b = build_update(0x906EA, 0x02, 7)
+    f = tmp_path / "blob"
+    f.write_bytes(a + b)
+    for kernel, want in (("6.1", 5), ("6.7", 7)):
+        assert run_cli("select", "--kernel", kernel, "--signature", "0x906ea",
+                       "--platform-id", "1", "--json", f) == 0
+        assert json.loads(capsys.readouterr().out)[0]["revision"] == want
+
+
+def test_select_late_min_req_ver(tmp_path, capsys):
+    f = tmp_path / "blob"
+    f.write_bytes(build_update(0x906EA, 0x02, 0x20, reserved=(0, 0x10, 0)))
+    base = ("select", "--late", "--kernel", "6.7", "--signature", "0x906ea", "--platform-id", "1",
+            "--revision", "0x8", "--json", f)
+    assert run_cli(*base) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)[0]["minrev_safe"] is False and "min_req_ver 0x10" in out.err
+    assert run_cli(*base[:-2], "--force-minrev", "--json", f) == 1
+    assert json.loads(capsys.readouterr().out) == []
+    assert run_cli(*base[:-3], "0x10", "--force-minrev", "--json", f) == 0
+    assert json.loads(capsys.readouterr().out)[0]["minrev_safe"] is True
