@@ -529,10 +529,13 @@ def system_mirror() -> str:
     return uri
 
 
-def private_sources(mirror: str, suites: Iterable[str]) -> str:
-    """deb822 text of the private apt sources for ``suites`` (main, amd64, signed)."""
+def private_sources(mirror: str, suites: Iterable[str],
+                    components: Sequence[str] = ("main",)) -> str:
+    """deb822 text of the private apt sources for ``suites`` (amd64, signed); ``main``
+    unless told otherwise (intel-microcode lives in ``non-free-firmware``)."""
+    comps = " ".join(components)
     return "".join(
-        f"Types: deb\nURIs: {mirror}\nSuites: {s}\nComponents: main\nArchitectures: amd64\n"
+        f"Types: deb\nURIs: {mirror}\nSuites: {s}\nComponents: {comps}\nArchitectures: amd64\n"
         f"Signed-By: {KEYRING}\n\n" for s in suites)
 
 
@@ -543,8 +546,9 @@ class PrivateApt:
 
     _updated: set = set()       # private apt dirs whose lists this process refreshed
 
-    def __init__(self, cache: Path, suite: str, mirror: str):
-        self.suite, self.mirror = suite, mirror
+    def __init__(self, cache: Path, suite: str, mirror: str,
+                 components: Sequence[str] = ("main",)):
+        self.suite, self.mirror, self.components = suite, mirror, tuple(components)
         self.dir = cache / ".apt" / suite
 
     def options(self) -> List[str]:
@@ -569,7 +573,7 @@ class PrivateApt:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "status").touch()
         src = self.dir / "sources.list.d" / f"{self.suite}.sources"
-        text = private_sources(self.mirror, [self.suite])
+        text = private_sources(self.mirror, [self.suite], self.components)
         if not src.is_file() or src.read_text() != text:
             _write_atomic(src, text)
 
