@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.microcode.intel import build_update, parse_intel  # noqa: E402
-from harness.microcode.select import iucode_select  # noqa: E402
+from harness.microcode.iucode import select_updates  # noqa: E402
 
 TARGET_MB_S = 200.0
 
@@ -45,7 +45,7 @@ def run(size_mb=100, repeat=3):
         best = dt if best is None else min(best, dt)
     assert res.ok and rows
     t0 = time.perf_counter()
-    sel = iucode_select(res.updates)
+    sel = select_updates(res.updates)
     t_sel = time.perf_counter() - t0
     mb = len(blob) / 1e6
     return {

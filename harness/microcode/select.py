@@ -6,18 +6,14 @@ update Linux then *picks* depends on the kernel generation and lives in
 ``harness.microcode.linux``.
 
 Packing follows ``iucode_tool``: de-duplicate by (sig, pf, rev) plus payload and sort by
-signature ascending, then pf mask descending, so our GenuineIntel.bin equals ``-w``'s.
-``iucode_select`` reproduces iucode_tool's own selection (highest revision per exact
-(sig, pf) pair, revisions compared as *signed* 32-bit numbers, same sig/pf/rev with a
-different payload is a conflict, a pair covered by a pf superset with a revision at least
-as high is dropped) so listings can be compared with the oracle.
+signature ascending, then pf mask descending. iucode_tool's own selection (filters,
+dates, downgrades) is ``harness.microcode.iucode``.
 """
 
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional
+from typing import Optional
 
 from .cpuid import intel_cpu_pf
-from .defects import Defect
 
 INTEL = "GenuineIntel"
 AMD = "AuthenticAMD"
@@ -55,81 +51,7 @@ def intel_update_matches(update, cpu_sig, cpu_pf):
     return any(signatures_match(cpu_sig, cpu_pf, s, p) for s, p in update.signatures)
 
 
-# --- iucode_tool-compatible selection and packing -----------------------------------
-
-def _s32(v):
-    return v - (1 << 32) if v & 0x80000000 else v
-
-
-class Entry(NamedTuple):
-    """One selected (signature, pf) pair and the update that provides it."""
-
-    signature: int
-    pf_mask: int
-    update: object
-
-
-@dataclass
-class Selection:
-    entries: List[Entry]
-    conflicts: List[Defect]
-
-    @property
-    def updates(self):
-        """Distinct updates in entry order (what ``-w`` writes)."""
-        seen, out = set(), []
-        for e in self.entries:
-            if id(e.update) not in seen:
-                seen.add(id(e.update))
-                out.append(e.update)
-        return out
-
-
-def _filter_match(sig, pf, filters):
-    if filters is None:
-        return True
-    for fsig, fpf in filters:
-        if sig == fsig and (fpf is None or pf & fpf):
-            return True
-    return False
-
-
-def iucode_select(updates, filters=None):
-    """Like ``iucode_tool -s SIG[,PF] -l``: highest signed revision per (sig, pf), minus
-    pairs dominated by a same-signature pair with a superset pf mask and a revision at
-    least as high.
-
-    ``filters``: None for everything, or a list of (signature, pf_mask or None).
-    Entries come sorted by signature ascending, then pf mask descending.
-    """
-    best, conflicts = {}, []
-    for u in updates:
-        for sig, pf in u.signatures:
-            if not _filter_match(sig, pf, filters):
-                continue
-            old = best.get((sig, pf))
-            if old is None or _s32(u.revision) > _s32(old.revision):
-                best[(sig, pf)] = u
-            elif u.revision == old.revision and u.raw != old.raw:
-                conflicts.append(Defect(
-                    u.offset, "payload", f"identical to the update at offset 0x{old.offset:x}"
-                    f"{' of ' + old.source if old.source else ''} (same sig 0x{sig:08x}, "
-                    f"pf 0x{pf:02x}, rev 0x{u.revision:x})", "different contents",
-                    record=u.offset, source=u.source))
-    # iucode_tool's no-downgrade also drops a (sig, pf) pair when another pair of the
-    # same signature covers all of its platforms (pf superset) with a revision at least
-    # as high (measured against iucode_tool 2.3.1 in tests/microcode/test_oracle.py).
-    by_sig = {}
-    for sig, pf in best:
-        by_sig.setdefault(sig, []).append(pf)
-    dominated = [(sig, pf) for (sig, pf), u in best.items() if pf and any(
-        pf2 != pf and pf2 & pf == pf and _s32(best[(sig, pf2)].revision) >= _s32(u.revision)
-        for pf2 in by_sig[sig])]
-    for k in dominated:
-        del best[k]
-    keys = sorted(best, key=lambda k: (k[0], -k[1]))
-    return Selection([Entry(s, p, best[(s, p)]) for s, p in keys], conflicts)
-
+# --- packing ------------------------------------------------------------------------
 
 def dedup_sort(updates):
     """Distinct updates by (sig, pf, rev)+payload, sorted sig ascending then pf descending."""

@@ -108,3 +108,60 @@ def test_select_late_min_req_ver(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == []
     assert run_cli(*base[:-3], "0x10", "--force-minrev", "--json", f) == 0
     assert json.loads(capsys.readouterr().out)[0]["minrev_safe"] is True
+
+
+def _dir_names(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_pack_early_writes_nothing_from_damaged_input(files, tmp_path, capsys):
+    tmp, a, b = files
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "early.cpio"
+    assert run_cli("pack-early", "--out", out, tmp / "d", tmp / "bad.bin") == 1
+    assert _dir_names(out_dir) == []                         # no file, no temporary left
+    assert "not written" in capsys.readouterr().err
+    assert run_cli("pack-early", "--ignore-broken", "--out", out, tmp / "d", tmp / "bad.bin") == 0
+    assert _dir_names(out_dir) == ["early.cpio"]
+
+
+def test_write_to_all_or_nothing_and_overwrite(files, tmp_path, capsys):
+    tmp, a, b = files
+    out = tmp_path / "bundle.bin"
+    assert run_cli("list", "-w", out, tmp / "bad.bin") == 1 and not out.exists()
+    assert run_cli("list", "-w", out, "-s", "0x906ea,0x20", tmp / "d") == 0
+    assert out.read_bytes() == a
+    assert run_cli("list", "-w", out, tmp / "d") == 2                  # exists
+    assert out.read_bytes() == a
+    target = tmp_path / "target"
+    target.write_bytes(b"keep")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    assert run_cli("list", "-w", link, "--overwrite", "-s", "0x906eb", tmp / "d") == 0
+    assert not link.is_symlink() and link.read_bytes() == b and target.read_bytes() == b"keep"
+    capsys.readouterr()
+
+
+def test_conflict_aborts_unless_loose_checks(tmp_path, capsys):
+    f = tmp_path / "dup"
+    f.write_bytes(build_update(0x906EA, 0x22, 0xF0, seed=1) + build_update(0x906EA, 0x22, 0xF0, seed=2))
+    out = tmp_path / "x.bin"
+    assert run_cli("list", "-w", out, f) == 1 and not out.exists()
+    assert "different contents" in capsys.readouterr().err
+    assert run_cli("list", "--no-strict-checks", "-w", out, f) == 0 and out.exists()
+
+
+@pytest.mark.parametrize("argv, word", [
+    (("list", "-s", "0x906ea,"), "-s"),
+    (("list", "-s", "0x906ea,,zz:1"), "-s"),
+    (("list", "--date-before", "2024-13"), "--date-before"),
+    (("list", "-S", "0x906ea,1,2,3"), "--scan-system"),
+    (("pack-early", "--out", "PLACEHOLDER", "-s", "bogus"), "-s"),
+])
+def test_bad_selection_options_one_line(files, tmp_path, capsys, argv, word):
+    tmp, _, _ = files
+    argv = [str(tmp_path / "o") if x == "PLACEHOLDER" else x for x in argv]
+    assert run_cli(*argv, tmp / "d") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("microcode: ") and word in err[0]

@@ -5,9 +5,10 @@ from harness.microcode.cpuid import (
     amd_fw_name, decode_signature, intel_cpu_pf, intel_fw_name, platform_id_from_msr,
 )
 from harness.microcode.intel import build_update, parse_intel
+from harness.microcode.iucode import select_updates
 from harness.microcode.linux import early_amd, early_intel, pack_for_cpus
 from harness.microcode.select import (
-    AMD, INTEL, Cpu, dedup_sort, iucode_select, pack_intel, signatures_match,
+    AMD, INTEL, Cpu, dedup_sort, pack_intel, signatures_match,
 )
 
 SIG = 0x906EA
@@ -59,7 +60,7 @@ def test_revisions_compare_unsigned_like_linux():
     lo = build_update(SIG, 0x22, 0x5)
     assert early_intel(ups(lo, hi), Cpu(INTEL, SIG, 1), "6.7").revision == 0x80000001
     # iucode_tool compares signed: it keeps 0x5
-    (e,) = iucode_select(ups(hi, lo)).entries
+    (e,) = select_updates(ups(hi, lo)).entries
     assert e.update.revision == 0x5
 
 
@@ -98,12 +99,12 @@ def test_pack_for_cpus():
 def test_iucode_select_conflict_and_filters():
     a = build_update(SIG, 0x22, 5, seed=1)
     a2 = build_update(SIG, 0x22, 5, seed=2)
-    sel = iucode_select(ups(a, a2))
-    assert len(sel.conflicts) == 1 and sel.conflicts[0].record == len(a)
+    sel = select_updates(ups(a, a2))
+    assert len(sel.conflicts) == 1 and sel.conflicts[0].record == len(a) and not sel.entries
     b = build_update(SIG, 0x01, 6)
-    sel = iucode_select(ups(a, b), [(SIG, 0x02)])
+    sel = select_updates(ups(a, b), ["0x906ea,0x02"])
     assert [e.update.raw for e in sel.entries] == [a]
-    assert iucode_select(ups(a, b), [(SIG + 1, None)]).entries == []
+    assert select_updates(ups(a, b), ["0x906eb"]).entries == []
 
 
 def test_amd_select():
