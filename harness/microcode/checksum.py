@@ -6,8 +6,9 @@ Why: the Intel checksum rule (facts §1.3) is "the u32 sum of the record is 0 mo
 two residues that C code computes in bulk:
 
 - ``S mod (2**32 - 1)``: since 2**32 = 1 (mod 2**32 - 1), the integer whose base-2**32
-  digits are the words is congruent to S.  ``int.from_bytes`` plus halving folds
-  (shift + mask + add, all linear C loops) reduce it.
+  digits are the words is congruent to S, and so is the sum of the integers of 4 KiB
+  pieces; ``int.from_bytes`` per piece, one ``sum`` and a few halving folds of the
+  small result reduce it.
 - ``S mod 65521``: ``zlib.adler32`` started at 0 yields the byte sum mod 65521 of a buffer;
   the byte lanes ``b[k::4]`` weighted by 256**k give S mod 65521.
 
@@ -21,6 +22,7 @@ _P = 0xFFFFFFFF            # 2**32 - 1
 _Q = 65521                 # adler32's prime
 _P_INV_Q = pow(_P, -1, _Q)
 _CHUNK = 4 * 32768         # words per chunk well below the CRT bound of 65521
+_PIECE = 4096              # bytes per integer summed (a multiple of 4)
 
 
 def _fold(n):
@@ -33,14 +35,41 @@ def _fold(n):
     return n % _P
 
 
-def _small_sum(buf):
-    n = _fold(int.from_bytes(buf, "little"))
+def _mod_p(view):
+    """The u32 word sum of ``view`` (a memoryview) mod 2**32-1: the integer of each
+    ``_PIECE``-byte piece is congruent to its word sum, and so is their plain sum, since
+    a piece starts at a multiple of 32 bits (one pass of ``int.from_bytes`` and one of
+    additions, instead of folding one huge integer level by level)."""
+    fb = int.from_bytes
+    n = len(view)
+    if n <= _PIECE:
+        return _fold(fb(view, "little"))
+    return _fold(sum(fb(view[i:i + _PIECE], "little") for i in range(0, n, _PIECE)))
+
+
+def _small_sum(data, view, start, end):
+    """Exact word sum of ``data[start:end]`` (at most 65521 words) by the CRT; the byte
+    lanes are sliced straight out of ``data``, the pieces read through ``view``."""
+    n = _mod_p(view[start:end])
     adler = zlib.adler32
-    q = ((adler(buf[0::4], 0) & 0xFFFF)
-         + 256 * (adler(buf[1::4], 0) & 0xFFFF)
-         + 65536 * (adler(buf[2::4], 0) & 0xFFFF)
-         + 16777216 * (adler(buf[3::4], 0) & 0xFFFF)) % _Q
+    q = ((adler(data[start:end:4], 0) & 0xFFFF)
+         + 256 * (adler(data[start + 1:end:4], 0) & 0xFFFF)
+         + 65536 * (adler(data[start + 2:end:4], 0) & 0xFFFF)
+         + 16777216 * (adler(data[start + 3:end:4], 0) & 0xFFFF)) % _Q
     return n + _P * (((q - n) * _P_INV_Q) % _Q)
+
+
+def u32_sum_range(data, start, end, view=None):
+    """Exact sum of the u32 words of ``data[start:end]`` (bytes; the span a multiple of
+    4 bytes) without copying the span; ``view``: a memoryview of ``data`` to reuse."""
+    if (end - start) & 3:
+        raise ValueError(f"length {end - start} is not a multiple of 4")
+    if view is None:
+        view = memoryview(data)
+    if end - start <= _CHUNK:
+        return _small_sum(data, view, start, end)
+    return sum(_small_sum(data, view, i, min(i + _CHUNK, end))
+               for i in range(start, end, _CHUNK))
 
 
 def u32_sum(buf):
@@ -49,11 +78,7 @@ def u32_sum(buf):
     ``buf`` is bytes-like with a length that is a multiple of 4.
     """
     buf = bytes(buf) if not isinstance(buf, bytes) else buf
-    if len(buf) & 3:
-        raise ValueError(f"length {len(buf)} is not a multiple of 4")
-    if len(buf) <= _CHUNK:
-        return _small_sum(buf)
-    return sum(_small_sum(buf[i:i + _CHUNK]) for i in range(0, len(buf), _CHUNK))
+    return u32_sum_range(buf, 0, len(buf))
 
 
 def u32_sum32(buf):

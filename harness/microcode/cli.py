@@ -25,11 +25,13 @@ not at all (a temporary file renamed at the end).
 import argparse
 import os
 import sys
-from typing import NamedTuple
+from collections import namedtuple
 
-from .amd import CONTAINER_MAGIC_BYTES, parse_amd
 from .intel import parse_intel
-from .select import AMD, INTEL, pack_amd, signatures_match
+
+INTEL = "GenuineIntel"        # = select.INTEL; the AMD and selection modules are
+AMD = "AuthenticAMD"          # imported only when a command needs them
+AMD_MAGIC = b"DMA\0"          # = amd.CONTAINER_MAGIC_BYTES
 
 MAX_FILE_SIZE = 1 << 30    # iucode_tool's per-file limit
 
@@ -82,7 +84,8 @@ class Loaded:
         self.records = []           # (file_no, record_no, file, update_or_patch, vendor)
         for fno, path in enumerate(self.files, 1):
             data = _read(path)
-            if data[:4] == CONTAINER_MAGIC_BYTES:
+            if data[:4] == AMD_MAGIC:
+                from .amd import parse_amd
                 res = parse_amd(data, source=path)
                 self.amd.extend(res.containers)
                 for rno, patch in enumerate(res.patches, 1):
@@ -167,14 +170,9 @@ def _parse_scan(text):
     return sig, pf, rev
 
 
-class Options(NamedTuple):
-    filters: object
-    date_before: object
-    date_after: object
-    loose: bool
-    downgrade: bool
-    strict: bool
-    ignore_broken: bool
+class Options(namedtuple("Options", "filters date_before date_after loose downgrade strict "
+                         "ignore_broken")):
+    __slots__ = ()
 
     @property
     def selecting(self):
@@ -311,6 +309,16 @@ def _refuse_existing(path, overwrite):
 
 # --- handlers ------------------------------------------------------------------------
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse asks ``shutil`` for the terminal width whenever a parser is built; only
+    a terminal needs it (the command imports what it uses)."""
+
+    def __init__(self, prog, *a, **kw):
+        if kw.get("width") is None and not sys.stdout.isatty():
+            kw["width"] = int(os.environ.get("COLUMNS", "0") or 0) or 80
+        super().__init__(prog, *a, **kw)
+
+
 def _guard(fn):
     def handler(args):
         try:
@@ -395,13 +403,10 @@ def cmd_list(args):
     return 0
 
 
-class _CliCpu(NamedTuple):
+class _CliCpu(namedtuple("_CliCpu", "vendor signature pf_mask revision")):
     """A CPU given on the command line (a pf *mask*, not only one platform id)."""
 
-    vendor: str
-    signature: int
-    pf_mask: int
-    revision: int
+    __slots__ = ()
 
 
 @_guard
@@ -441,6 +446,7 @@ def cmd_select(args):
     if vendor == AMD:
         pairs = [(sig, 0)]
     else:
+        from .select import signatures_match
         pairs = [next((s, p) for s, p in choice.signatures if signatures_match(sig, pf, s, p))]
     rows = _rows(loaded, choice, pairs)
     if safe is not None:
@@ -467,6 +473,7 @@ def cmd_pack_early(args):
     sel, aborted = _select(loaded, opts)
     if aborted:
         return _abort(f"{args.out} not written")
+    from .select import pack_amd
     intel = b"".join(u.raw for u in sel.updates) or None
     wanted = {id(p) for p in _amd_selected(loaded, opts)}
     conts = [c for c in loaded.amd if any(id(p) in wanted for p in c.patches)]
@@ -500,7 +507,8 @@ def cmd_find(args):
         except OSError as e:
             raise UsageError(f"{args.out}: {e.strerror or e}") from None
     if args.path in (INTEL_PATH, AMD_PATH):
-        res = parse_amd(hit.data) if hit.data[:4] == CONTAINER_MAGIC_BYTES else parse_intel(hit.data)
+        from .amd import parse_amd
+        res = parse_amd(hit.data) if hit.data[:4] == AMD_MAGIC else parse_intel(hit.data)
         for d in res.defects:
             print(f"microcode: {d}", file=sys.stderr)
         items = res.updates if hasattr(res, "updates") else res.patches
@@ -527,12 +535,12 @@ def register(subparsers):
     Returns the ``microcode`` parser. Every leaf sets ``func=handler``; call
     ``args.func(args)`` and use the int it returns as the exit status.
     """
-    mc = subparsers.add_parser("microcode", help="inspect, select and pack x86 microcode",
+    mc = subparsers.add_parser("microcode", formatter_class=_Formatter, help="inspect, select and pack x86 microcode",
                                description=__doc__.split("\n\n")[0])
     mc.set_defaults(func=_no_action(mc))
     sub = mc.add_subparsers(dest="microcode_command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list the updates in files or directories")
+    p = sub.add_parser("list", formatter_class=_Formatter, help="list the updates in files or directories")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="JSON list, one object per (sig, pf)")
     p.add_argument("-l", "--latest", action="store_true",
@@ -543,7 +551,7 @@ def register(subparsers):
     _add_selection_options(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("select", help="the update Linux would load for a CPU")
+    p = sub.add_parser("select", formatter_class=_Formatter, help="the update Linux would load for a CPU")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--signature", required=True, help="CPUID(1).EAX, e.g. 0x906ea")
     g = p.add_mutually_exclusive_group()
@@ -562,7 +570,7 @@ def register(subparsers):
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("pack-early", help="write the early-microcode cpio (like --write-earlyfw)")
+    p = sub.add_parser("pack-early", formatter_class=_Formatter, help="write the early-microcode cpio (like --write-earlyfw)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--out", required=True, metavar="FILE")
     _add_selection_options(p, signature_alias=True)
@@ -570,7 +578,7 @@ def register(subparsers):
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_pack_early)
 
-    p = sub.add_parser("find", help="find a file in an initrd as the kernel does")
+    p = sub.add_parser("find", formatter_class=_Formatter, help="find a file in an initrd as the kernel does")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("path", metavar="PATH-IN-CPIO")
     p.add_argument("--out", metavar="FILE", help="also write the file's bytes here")
@@ -580,7 +588,7 @@ def register(subparsers):
 
 def main(argv=None):
     """``python -m harness microcode ...`` without the rest of the harness CLI."""
-    parser = argparse.ArgumentParser(prog="python -m harness")
+    parser = argparse.ArgumentParser(prog="python -m harness", formatter_class=_Formatter)
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)

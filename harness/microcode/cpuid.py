@@ -5,7 +5,7 @@ derive family/model/stepping from the same signature word, with vendor-specific
 quirks (facts §1.5, §2.2). Keeping the bit arithmetic here means it is written once.
 """
 
-from typing import NamedTuple
+from collections import namedtuple
 
 from harness.hw import MSR_IA32_PLATFORM_ID  # noqa: F401  (documents where pf comes from)
 
@@ -13,10 +13,7 @@ PLATFORM_ID_SHIFT = 50     # MSR 0x17 bits 52:50 hold the platform id (facts §1
 PLATFORM_ID_MASK = 0x7
 
 
-class Signature(NamedTuple):
-    family: int
-    model: int
-    stepping: int
+Signature = namedtuple("Signature", "family model stepping")
 
 
 def decode_signature(eax):

@@ -20,7 +20,7 @@ print an entry that it then does not write (it inserts through a copy of the lis
 pointer); here what is listed is what is written.
 """
 
-from typing import Dict, List, NamedTuple
+from collections import namedtuple
 
 from .defects import Defect
 
@@ -132,7 +132,7 @@ class Filters:
     a select turns a deselect into itself)."""
 
     def __init__(self):
-        self.by_sig: Dict[int, List[Filter]] = {}
+        self.by_sig = {}             # signature -> [Filter], newest first
         self.allow = True            # what an entry no filter speaks for gets
 
     def add(self, f):
@@ -307,9 +307,11 @@ def merge_signature(group, n, downgrade, start=0):
 
 # --- the whole selection --------------------------------------------------------------
 
-class Selection(NamedTuple):
-    entries: List[SigEntry]            # in iucode_tool's -l order
-    conflicts: List[Defect]            # same sig/rev, different payload (strict)
+class Selection(namedtuple("Selection", "entries conflicts")):
+    """``entries``: SigEntry in iucode_tool's -l order; ``conflicts``: Defects for the
+    same signature and revision with another payload (strict checks)."""
+
+    __slots__ = ()
 
     @property
     def updates(self):
@@ -333,8 +335,8 @@ def select(records, filters=None, *, date_before=None, date_after=None, loose=Fa
     """
     lo = 0 if date_after is None else date_after
     hi = U32 if date_before is None else date_before
-    every: Dict[int, List[SigEntry]] = {}
-    chosen: Dict[int, List[SigEntry]] = {}
+    every = {}                      # signature -> every SigEntry loaded
+    chosen = {}                     # signature -> selected SigEntry
     conflicts = []
     for gid, id_, u in records:
         dk = date_key(u.date_bcd)

@@ -10,8 +10,7 @@ signature ascending, then pf mask descending. iucode_tool's own selection (filte
 dates, downgrades) is ``harness.microcode.iucode``.
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from collections import namedtuple
 
 from .cpuid import intel_cpu_pf
 
@@ -19,8 +18,7 @@ INTEL = "GenuineIntel"
 AMD = "AuthenticAMD"
 
 
-@dataclass(frozen=True)
-class Cpu:
+class Cpu(namedtuple("Cpu", "vendor signature platform_id revision", defaults=(None, 0))):
     """A CPU as the loader sees it.
 
     ``signature`` is CPUID(1).EAX; ``platform_id`` the 0..7 value from MSR 0x17 bits
@@ -28,10 +26,7 @@ class Cpu:
     (high dword for Intel).
     """
 
-    vendor: str
-    signature: int
-    platform_id: Optional[int] = None
-    revision: int = 0
+    __slots__ = ()
 
     @property
     def pf_mask(self):

@@ -165,3 +165,25 @@ def test_bad_selection_options_one_line(files, tmp_path, capsys, argv, word):
     assert run_cli(*argv, tmp / "d") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("microcode: ") and word in err[0]
+
+
+def test_cli_constants_are_the_modules():
+    from harness.microcode import amd, cli, select
+    assert (cli.INTEL, cli.AMD, cli.AMD_MAGIC) == (select.INTEL, select.AMD, amd.CONTAINER_MAGIC_BYTES)
+
+
+def test_microcode_command_imports_only_microcode_modules():
+    """python -m harness microcode list: no scenario, QEMU, model or dataclasses import."""
+    import subprocess
+    import sys
+    code = ("import sys, runpy; sys.argv = ['harness', 'microcode', 'list', '/dev/null']\n"
+            "try:\n    runpy.run_module('harness', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print(' '.join(sorted(sys.modules)))")
+    mods = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split()
+    ours = [m for m in mods if m.startswith("harness")]
+    assert all(m.startswith("harness.microcode") or m in ("harness", "harness.__main__")
+               for m in ours), ours
+    for heavy in ("dataclasses", "harness.cli", "yaml", "harness.microcode.amd", "datetime"):
+        assert heavy not in mods
