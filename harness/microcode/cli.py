@@ -75,6 +75,27 @@ def _read(path):
         raise UsageError(f"{path}: {e.strerror or e}") from None
 
 
+MAP_MIN = 1 << 20             # files this large are mapped, not read
+
+
+def _load(path):
+    """A file's bytes: a read-only map for large files (parsed in place, no copy of 20
+    MB into fresh memory), ``bytes`` otherwise. The map stays open for the process."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_SIZE:
+            raise UsageError(f"{path}: larger than 1 GiB")
+        with open(path, "rb") as f:
+            if size < MAP_MIN:
+                return f.read()
+            import mmap
+            # MAP_POPULATE (Linux) maps every page in one call instead of one fault each
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            return mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror or e}") from None
+
+
 class Loaded:
     """Everything parsed from the command-line paths."""
 
@@ -83,7 +104,7 @@ class Loaded:
         self.intel, self.amd, self.defects = [], [], []
         self.records = []           # (file_no, record_no, file, update_or_patch, vendor)
         for fno, path in enumerate(self.files, 1):
-            data = _read(path)
+            data = _load(path)
             if data[:4] == AMD_MAGIC:
                 from .amd import parse_amd
                 res = parse_amd(data, source=path)
@@ -182,8 +203,10 @@ class Options(namedtuple("Options", "filters date_before date_after loose downgr
 
 def selection_options(args):
     """The parsed selection options; UsageError naming the option on bad input."""
-    from . import iucode
     filters = None
+    if getattr(args, "select", None) or args.date_before is not None \
+            or args.date_after is not None:
+        from . import iucode            # not needed to list every record
     for kind, value in getattr(args, "select", None) or []:
         filters = filters or iucode.Filters()
         if kind == "s":
@@ -529,18 +552,9 @@ def _no_action(parser):
     return handler
 
 
-def register(subparsers):
-    """Add ``microcode`` (list/select/pack-early/find) to an argparse subparsers object.
-
-    Returns the ``microcode`` parser. Every leaf sets ``func=handler``; call
-    ``args.func(args)`` and use the int it returns as the exit status.
-    """
-    mc = subparsers.add_parser("microcode", formatter_class=_Formatter, help="inspect, select and pack x86 microcode",
-                               description=__doc__.split("\n\n")[0])
-    mc.set_defaults(func=_no_action(mc))
-    sub = mc.add_subparsers(dest="microcode_command", metavar="COMMAND")
-
-    p = sub.add_parser("list", formatter_class=_Formatter, help="list the updates in files or directories")
+def _list_parser(sub):
+    p = sub.add_parser("list", formatter_class=_Formatter,
+                       help="list the updates in files or directories")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="JSON list, one object per (sig, pf)")
     p.add_argument("-l", "--latest", action="store_true",
@@ -551,7 +565,10 @@ def register(subparsers):
     _add_selection_options(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("select", formatter_class=_Formatter, help="the update Linux would load for a CPU")
+
+def _select_parser(sub):
+    p = sub.add_parser("select", formatter_class=_Formatter,
+                       help="the update Linux would load for a CPU")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--signature", required=True, help="CPUID(1).EAX, e.g. 0x906ea")
     g = p.add_mutually_exclusive_group()
@@ -570,7 +587,10 @@ def register(subparsers):
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser("pack-early", formatter_class=_Formatter, help="write the early-microcode cpio (like --write-earlyfw)")
+
+def _pack_early_parser(sub):
+    p = sub.add_parser("pack-early", formatter_class=_Formatter,
+                       help="write the early-microcode cpio (like --write-earlyfw)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--out", required=True, metavar="FILE")
     _add_selection_options(p, signature_alias=True)
@@ -578,17 +598,44 @@ def register(subparsers):
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_pack_early)
 
-    p = sub.add_parser("find", formatter_class=_Formatter, help="find a file in an initrd as the kernel does")
+
+def _find_parser(sub):
+    p = sub.add_parser("find", formatter_class=_Formatter,
+                       help="find a file in an initrd as the kernel does")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("path", metavar="PATH-IN-CPIO")
     p.add_argument("--out", metavar="FILE", help="also write the file's bytes here")
     p.set_defaults(func=cmd_find)
+
+
+COMMANDS = {"list": _list_parser, "select": _select_parser, "pack-early": _pack_early_parser,
+            "find": _find_parser}
+
+
+def register(subparsers, only=None):
+    """Add ``microcode`` (list/select/pack-early/find) to an argparse subparsers object.
+
+    Returns the ``microcode`` parser. Every leaf sets ``func=handler``; call
+    ``args.func(args)`` and use the int it returns as the exit status. ``only``: build
+    just that subcommand (``main`` does when the command line names one).
+    """
+    mc = subparsers.add_parser("microcode", formatter_class=_Formatter,
+                               help="inspect, select and pack x86 microcode",
+                               description=__doc__.split("\n\n")[0])
+    mc.set_defaults(func=_no_action(mc))
+    sub = mc.add_subparsers(dest="microcode_command", metavar="COMMAND")
+    for name, build in COMMANDS.items():
+        if only is None or name == only:
+            build(sub)
     return mc
 
 
 def main(argv=None):
-    """``python -m harness microcode ...`` without the rest of the harness CLI."""
+    """``python -m harness microcode ...`` without the rest of the harness CLI (only the
+    named subcommand's parser is built; any other word gets them all, for help)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    only = argv[1] if len(argv) > 1 and argv[0] == "microcode" and argv[1] in COMMANDS else None
     parser = argparse.ArgumentParser(prog="python -m harness", formatter_class=_Formatter)
-    register(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"), only)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -19,6 +19,7 @@ Validation (``parse_intel``):
 - The reserved words (``metasize``, ``min_req_ver``) are data, kept, never rejected.
 """
 
+import mmap
 import struct
 from collections import namedtuple
 
@@ -199,7 +200,7 @@ class _Record:
         self.structural = False  # the size fields themselves cannot be trusted
 
 
-def _check_record(data, pos, strict, source, view=None):
+def _check_record(data, pos, strict, source, view=None, zero_copy=False):
     """Validate the record at ``pos``; never raises on content."""
     rec = _Record()
     end = len(data)
@@ -290,7 +291,8 @@ def _check_record(data, pos, strict, source, view=None):
     if not any(d.fatal for d in rec.defects):
         rec.update = IntelUpdate(pos, hdrver, rev, date, sig, cksum, ldrver, pf, ds, ts,
                                  (r0, r1, r2), ext_cksum, ext_sigs,
-                                 data[pos:pos + total], source)
+                                 view[pos:pos + total] if zero_copy else data[pos:pos + total],
+                                 source)
     return rec
 
 
@@ -315,8 +317,12 @@ def parse_intel(data, *, strict=True, source=None):
     and every defect. After a rejected record whose size fields are sane, parsing goes on
     right after it; otherwise it searches forward for the next valid header and reports
     the skipped span. Fewer than 48 trailing bytes are reported (Linux rejects them).
+
+    ``data`` may be a read-only ``mmap``: it is then parsed in place and each update's
+    ``raw`` is a memoryview into the map (no copy; keep the map open while it is used).
     """
-    if not isinstance(data, bytes):
+    mapped = isinstance(data, mmap.mmap)
+    if not mapped and not isinstance(data, bytes):
         data = bytes(data)
     updates, defects = [], []
     pos, end = 0, len(data)
@@ -326,7 +332,7 @@ def parse_intel(data, *, strict=True, source=None):
             defects.append(Defect(pos, "trailing data", "end of file or a 48-byte header",
                                   f"{end - pos} stray bytes", source=source))
             break
-        rec = _check_record(data, pos, strict, source, view)
+        rec = _check_record(data, pos, strict, source, view, mapped)
         defects.extend(rec.defects)
         if rec.update is not None:
             updates.append(rec.update)

@@ -149,3 +149,16 @@ def test_debian_corpus_bundle_identical(debian, tmp_path):
     subprocess.run(HARNESS + ["-w", str(ours), *map(str, debian)], check=True, capture_output=True)
     subprocess.run([IUCODE, "-w", str(theirs), *map(str, debian)], check=True, capture_output=True)
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_debian_concatenation_mapped(debian, tmp_path):
+    """The 21 MB concatenation (parsed in place through a map) lists and writes alike."""
+    from harness.microcode.corpus import CONCATENATED
+    blob = debian[0].parent.parent.parent.parent / CONCATENATED
+    assert blob.stat().st_size > (1 << 20)
+    assert_same(["-L"], [blob])
+    assert_same(["-l", "-s", "!0x806f8"], [blob])
+    ours, theirs = tmp_path / "ours.bin", tmp_path / "theirs.bin"
+    subprocess.run(HARNESS + ["-w", str(ours), str(blob)], check=True, capture_output=True)
+    subprocess.run([IUCODE, "-w", str(theirs), str(blob)], check=True, capture_output=True)
+    assert ours.read_bytes() == theirs.read_bytes()
