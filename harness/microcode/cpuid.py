@@ -1,4 +1,4 @@
-"""CPUID(1).EAX and MSR 0x17 decoding, and the loader's firmware file names.
+"""CPUID(1).EAX, MSR 0x17 and MSR 0x8B decoding, and the loader's firmware file names.
 
 Why a module: Intel matching, AMD family rules and the file names used by the kernel all
 derive family/model/stepping from the same signature word, with vendor-specific
@@ -46,6 +46,15 @@ def intel_fw_name(eax):
     """``intel-ucode/FF-MM-SS`` as requested by the late loader."""
     f, m, s = decode_signature(eax)
     return f"intel-ucode/{f:02x}-{m:02x}-{s:02x}"
+
+
+def ucode_revision(vendor, raw):
+    """The revision in a raw MSR 0x8B (IA32_BIOS_SIGN_ID / AMD PATCH_LEVEL) value, as
+    Linux reports it (/proc/cpuinfo ``microcode``): the high 32 bits on Intel (SDM
+    §9.11.7, facts §1.7), the low 32 bits on AMD (facts §2.2). None stays None."""
+    if raw is None:
+        return None
+    return (raw >> 32) & 0xFFFFFFFF if vendor == "GenuineIntel" else raw & 0xFFFFFFFF
 
 
 def amd_fw_name(eax):

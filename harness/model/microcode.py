@@ -32,7 +32,7 @@ from ..microcode import intel as intel_fmt
 from ..microcode import linux
 from ..microcode import select as sel
 from ..microcode.cpio import AMD_PATH, INTEL_PATH, find_cpio_data
-from ..microcode.cpuid import decode_signature, intel_cpu_pf
+from ..microcode.cpuid import decode_signature, intel_cpu_pf, ucode_revision
 
 INTEL = sel.INTEL            # "GenuineIntel"
 AMD = sel.AMD                # "AuthenticAMD"
@@ -56,9 +56,7 @@ def default_ucode_rev(vendor):
 
 def revision_of(vendor, raw):
     """The revision Linux prints (/proc/cpuinfo ``microcode``) from the raw MSR 0x8B."""
-    if raw is None:
-        return None
-    return (raw >> 32) & U32 if vendor == INTEL else raw & U32
+    return ucode_revision(vendor, raw)
 
 
 def raw_rev(vendor, revision):

@@ -252,3 +252,17 @@ def test_guest_loader_uses_linux_61_scan_rule():
     b7 = build_update(SKL, 0x02, 7)
     b = model("hardware", early=build_early_cpio(a + b7), hypervisor=False)
     assert [c.ucode_rev for c in b.snapshot().cpus] == [5 << 32] * 2
+
+
+def test_guest_view_fields_of_the_snapshot():
+    """What the guest reads: MSR 0x8B raw, its vendor; sysfs only while Linux's loader is
+    enabled (hypervisor bit clear), never for a CPU the guest does not run."""
+    b = model("qemu", early=build_early_cpio(good()), coldplug=[CpuPlug(2, props={"ucode-rev": 0x2A << 32})])
+    s = b.snapshot()
+    assert [(c.guest_msr_ucode, c.guest_ucode_rev, c.guest_ucode_sysfs, c.vendor) for c in s.cpus] \
+        == [(INTEL_DEFAULT, 1, None, INTEL)] * 2 + [(0x2A << 32, 0x2A, None, INTEL)]
+    b = model("hardware", early=build_early_cpio(good()), hypervisor=False)
+    assert [(c.guest_msr_ucode, c.guest_ucode_sysfs) for c in b.snapshot().cpus] == \
+        [(NEW_REV << 32, NEW_REV)] * 2
+    b = model("qemu", boot=False)
+    assert [(c.guest_msr_ucode, c.vendor) for c in b.snapshot().cpus] == [(None, None)] * 2
