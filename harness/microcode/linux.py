@@ -23,14 +23,17 @@ function it mirrors; ``KERNELS`` are the generations a caller can ask for:
     level is re-applied (commit e7ad18d1169c, in v6.1, "Apply the patch early on every
     logical thread").
 
-``"6.7"`` (v6.7 and later, checked against the 6.7-6.12 text)
+``"6.7"`` (v6.7 and later: the 2023 microcode rework by Thomas Gleixner and Ashok Raj)
   - Intel early, ``scan_microcode``: every record is matched against the CPU's
-    signature and taken when strictly newer than the best so far (``cur_rev``).
-  - Intel late, ``parse_microcode_blobs``: the same, plus ``ucode_validate_minrev``: the
-    header's ``min_req_ver`` (reserved[1]) must be nonzero and <= the current revision for
-    a load to count as safe; with ``force_minrev`` (CONFIG_MICROCODE_LATE_FORCE_MINREV or
-    ``microcode=force_minrev``) unsafe updates are skipped, otherwise the newest is
-    loaded and the kernel warns and taints (``load_late_stop_cpus(is_safe=false)``).
+    signature and taken when strictly newer than the best so far (``cur_rev``; the
+    rework's "BSP scan: Check whether there is newer microcode" hunk, which removed the
+    ``phdr`` comparisons).
+  - Intel late, ``parse_microcode_blobs``: the same, plus ``ucode_validate_minrev``
+    (commit d975d2d3f52e, "x86/microcode/intel: Add a minimum required revision for late
+    loading"): the header's ``min_req_ver`` (reserved[1]) must be nonzero and <= the boot
+    CPU's current revision for the load to be safe (``UCODE_NEW_SAFE``); with
+    ``force_minrev`` (CONFIG_MICROCODE_LATE_FORCE_MINREV or ``microcode=force_minrev``)
+    unsafe updates are skipped, otherwise the newest is loaded and the kernel taints.
     Early loading ignores ``min_req_ver``.
   - AMD early, ``early_apply_microcode``: the same container rule as 6.1. Not modelled:
     the 2025 change matching Zen patches by the family/model/stepping encoded in the
@@ -96,7 +99,8 @@ class LateChoice(NamedTuple):
 
 
 def minrev_ok(update, current_revision):
-    """``ucode_validate_minrev`` (6.7+): a nonzero ``min_req_ver`` <= the current revision."""
+    """``ucode_validate_minrev`` (6.7+): a nonzero ``min_req_ver`` <= the current revision
+    (Linux takes the boot CPU's; here the CPU asked about, the same on one system)."""
     need = update.min_req_ver
     return bool(need) and (current_revision & U32) >= need
 
