@@ -1,7 +1,7 @@
 """Benchmarks, printed as one JSON object. Speed is measured here, not in timed tests.
 
     .venv/bin/python benchmarks/run.py [--runs 3]
-        [--only boot,boot_phases,scenarios,model,microcode]
+        [--only boot,boot_phases,scenarios,model,microcode,microcode_vs_iucode]
 
 - boot: median boot-to-shell (cont -> guest agent answers) and snapshot (stop, migrate,
   parse, cont, plus the guest's CPU view) over --runs VMs (512 MiB, 2 of 4 CPUs, TCG),
@@ -16,6 +16,9 @@
 - model: `pytest scenarios/ --backend model` wall time (target < 2 s) and steps/s
   (benchmarks/model_bench.py, target >= 20,000).
 - microcode: list throughput in MB/s (benchmarks/microcode_bench.py, target >= 200).
+- microcode_vs_iucode: `python -m harness microcode list` against `iucode_tool -l`, whole
+  processes on Debian's intel-microcode concatenated (21.3 MB), median of paired runs;
+  prints the harness/iucode_tool ratio (target <= 4).
 """
 from __future__ import annotations
 
@@ -118,8 +121,14 @@ def bench_microcode():
     return microcode_bench.run()
 
 
+def bench_microcode_vs_iucode():
+    import microcode_bench
+    return microcode_bench.vs_iucode()
+
+
 SECTIONS = {"boot": bench_boot, "boot_phases": bench_boot_phases,
-            "scenarios": bench_scenarios, "model": bench_model, "microcode": bench_microcode}
+            "scenarios": bench_scenarios, "model": bench_model, "microcode": bench_microcode,
+            "microcode_vs_iucode": bench_microcode_vs_iucode}
 
 
 def main():

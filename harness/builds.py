@@ -545,11 +545,14 @@ def system_mirror() -> str:
     return uri
 
 
-def private_sources(mirror: str, suites: Iterable[str], types: str = "deb") -> str:
-    """deb822 text of the private apt sources for ``suites`` (main, amd64, signed);
-    ``types`` "deb-src" for source packages."""
+def private_sources(mirror: str, suites: Iterable[str], types: str = "deb",
+                    components: Sequence[str] = ("main",)) -> str:
+    """deb822 text of the private apt sources for ``suites`` (amd64, signed): binary
+    packages, or source packages with ``types`` "deb-src"; ``main`` unless told otherwise
+    (intel-microcode lives in ``non-free-firmware``)."""
+    comps = " ".join(components)
     return "".join(
-        f"Types: {types}\nURIs: {mirror}\nSuites: {s}\nComponents: main\n"
+        f"Types: {types}\nURIs: {mirror}\nSuites: {s}\nComponents: {comps}\n"
         f"Architectures: amd64\nSigned-By: {KEYRING}\n\n" for s in suites)
 
 
@@ -560,9 +563,14 @@ class PrivateApt:
 
     _updated: set = set()       # private apt dirs whose lists this process refreshed
 
-    def __init__(self, cache: Path, suite: str, mirror: str, types: str = "deb"):
+    def __init__(self, cache: Path, suite: str, mirror: str, types: str = "deb",
+                 components: Sequence[str] = ("main",)):
         self.suite, self.mirror, self.types = suite, mirror, types
-        self.dir = cache / ".apt" / (suite if types == "deb" else f"{suite}-{types}")
+        self.components = tuple(components)
+        name = suite if types == "deb" else f"{suite}-{types}"
+        if self.components != ("main",):
+            name += "-" + "-".join(self.components)
+        self.dir = cache / ".apt" / name
 
     def options(self) -> List[str]:
         d = self.dir
@@ -586,7 +594,7 @@ class PrivateApt:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "status").touch()
         src = self.dir / "sources.list.d" / f"{self.suite}.sources"
-        text = private_sources(self.mirror, [self.suite], self.types)
+        text = private_sources(self.mirror, [self.suite], self.types, self.components)
         if not src.is_file() or src.read_text() != text:
             _write_atomic(src, text)
 

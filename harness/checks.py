@@ -215,10 +215,45 @@ def microcode_revision(ctx, arg):
                        f"CPU {', '.join(map(str, bad))} differ" if bad else "", bad)
 
 
+def microcode_guest(ctx, arg):
+    """What each CPU the guest runs reports as its microcode (MSR 0x8B read through the
+    msr driver, /proc/cpuinfo, sysfs when Linux publishes it) agrees with QEMU's
+    ``ucode-rev`` decoded for the CPU's vendor, and every such CPU reports the same
+    revision: the guest's own view, where microcode_uniform reads QEMU's property."""
+    from .microcode.cpuid import ucode_revision
+    observed, disagree, revs = {}, [], {}
+    for c in ctx.snapshot.cpus:
+        if not c.online:
+            continue
+        want = ucode_revision(c.vendor, c.ucode_rev)
+        observed[c.index] = (f"{c.vendor}: msr {_hex(c.guest_msr_ucode)}, cpuinfo "
+                             f"{_hex(c.guest_ucode_rev)}, sysfs {_hex(c.guest_ucode_sysfs)}; "
+                             f"ucode-rev {_hex(c.ucode_rev)}")
+        if (c.vendor is None or c.guest_msr_ucode is None or c.guest_msr_ucode != c.ucode_rev
+                or c.guest_ucode_rev != want or c.guest_ucode_sysfs not in (None, want)):
+            disagree.append(c.index)
+        else:
+            revs[c.index] = want
+    odd = []
+    if len(set(revs.values())) > 1:
+        values = list(revs.values())
+        majority = max(sorted(set(values)), key=values.count)
+        odd = [i for i, r in revs.items() if r != majority]
+    why = ([] if observed else ["no CPU the guest runs was read"]) + \
+        ([f"CPU {', '.join(map(str, disagree))}: the guest reads another value than "
+          f"QEMU's ucode-rev"] if disagree else []) + \
+        ([f"CPU {', '.join(map(str, odd))}: another revision than the other CPUs"]
+         if odd else [])
+    return CheckResult("microcode_guest", not why,
+                       "every online CPU's MSR 0x8B = ucode-rev, /proc/cpuinfo and sysfs = "
+                       "its revision for the vendor, the same on every CPU",
+                       observed, "; ".join(why), sorted(set(disagree) | set(odd)))
+
+
 CHECK_FUNCTIONS = {f.__name__: f for f in (
     smbase_relocated, smbase_in_tseg, smbase_tiles_disjoint, no_cpu_in_smm, smi_delivered,
     smbase_unchanged, smi_features, cpus_present, cpus_online, tseg_locked, guest_alive, microcode_uniform,
-    microcode_revision)}
+    microcode_revision, microcode_guest)}
 
 
 def run_check(name, arg, ctx: CheckContext) -> CheckResult:

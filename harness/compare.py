@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from .report import cpu_table
 from .trace import read_trace
 
-CPU_FIELDS = ("apic_id", "smbase", "in_smm", "online", "ucode_rev")
+CPU_FIELDS = ("apic_id", "smbase", "in_smm", "online", "ucode_rev", "guest_ucode_rev",
+              "guest_msr_ucode", "guest_ucode_sysfs", "vendor")
 
 
 @dataclass

@@ -26,6 +26,7 @@ CHECKS = {
     "no_cpu_in_smm": None, "smi_delivered": None, "smbase_unchanged": None, "smi_features": "names",
     "cpus_present": "int", "cpus_online": "int", "tseg_locked": None,
     "guest_alive": None, "microcode_uniform": None, "microcode_revision": "int",
+    "microcode_guest": None,
 }
 # Verdicts of steps other than `check`, which a `fail` expectation may name too.
 STEP_VERDICTS = {"guest": "a guest step's exit status or output",

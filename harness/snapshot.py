@@ -22,8 +22,11 @@ class CpuState:
     online: bool | None = None      # as the guest OS sees it; None = guest not asked
     qom_path: str | None = None
     ucode_rev: int | None = None    # QEMU's ucode-rev property (raw MSR 0x8B value)
-    guest_ucode_rev: int | None = None  # what the guest OS reports
+    guest_ucode_rev: int | None = None  # what the guest OS reports (/proc/cpuinfo)
     signature: int | None = None    # CPUID(1).EAX
+    vendor: str | None = None       # CPUID vendor as the guest reports it (vendor_id)
+    guest_msr_ucode: int | None = None  # MSR 0x8B as the guest reads it (/dev/cpu/N/msr)
+    guest_ucode_sysfs: int | None = None  # /sys/devices/system/cpu/cpuN/microcode/version
 
     @classmethod
     def from_dict(cls, d):

@@ -170,6 +170,14 @@ def test_private_sources_are_signed_deb822():
     assert f"Signed-By: {builds.KEYRING}" in text and "trusted" not in text
 
 
+def test_private_sources_components():
+    text = builds.private_sources(MIRROR, ["bookworm"], components=("main", "non-free-firmware"))
+    entry, = builds.parse_deb822_sources(text)
+    assert entry.components == ("main", "non-free-firmware")
+    assert builds.parse_deb822_sources(builds.private_sources(MIRROR, ["sid"]))[0].components \
+        == ("main",)
+
+
 def test_private_apt_options_never_name_system_state(tmp_path):
     apt = builds.PrivateApt(tmp_path, "sid", MIRROR)
     opts = " ".join(apt.options())

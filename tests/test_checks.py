@@ -90,3 +90,48 @@ def test_smbase_checks_fail_on_a_snapshot_without_smbases():
         r = check(name, s, previous=snap(1, 2))
         assert (r.name, r.passed, r.observed, r.cpus) == (name, False, "unknown", [0, 1])
         assert r.detail == "this snapshot (qmp) has no SMBASE for CPU 0, 1"
+
+
+def guest_snap(*cpus):
+    """CPUs as (vendor, ucode-rev, msr read, cpuinfo, sysfs, online)."""
+    out = []
+    for i, (vendor, rev, msr, cpuinfo, sysfs, online) in enumerate(cpus):
+        out.append(CpuState(index=i, apic_id=i, smbase=0x1FFBD000 + i * 0x2000, in_smm=False,
+                            halted=True, online=online, ucode_rev=rev, vendor=vendor,
+                            guest_msr_ucode=msr, guest_ucode_rev=cpuinfo,
+                            guest_ucode_sysfs=sysfs))
+    return Snapshot(cpus=out, tseg=TSEG)
+
+
+INTEL, AMD = "GenuineIntel", "AuthenticAMD"
+
+
+def test_microcode_guest_intel_high_dword_amd_low_dword():
+    s = guest_snap((INTEL, 0x1_0000_0000, 0x1_0000_0000, 0x1, None, True),
+                   (INTEL, 0x1_0000_0000, 0x1_0000_0000, 0x1, 0x1, True),
+                   (INTEL, 0x2A_0000_0000, None, None, None, False))      # offline: not read
+    assert check("microcode_guest", s).passed
+    s = guest_snap((AMD, 0x01000065, 0x01000065, 0x01000065, None, True))
+    assert check("microcode_guest", s).passed
+    # decoded with the wrong vendor's rule, the revision does not match
+    s = guest_snap((AMD, 0x1_0000_0000, 0x1_0000_0000, 0x1, None, True))
+    r = check("microcode_guest", s)
+    assert not r.passed and r.cpus == [0] and "another value" in r.detail
+
+
+def test_microcode_guest_blames_disagreement_and_the_odd_revision():
+    s = guest_snap((INTEL, 0x1_0000_0000, 0x1_0000_0000, 0x1, None, True),
+                   (INTEL, 0x1_0000_0000, 0x1_0000_0000, 0x1, None, True),
+                   (INTEL, 0x2A_0000_0000, 0x2A_0000_0000, 0x2A, None, True))
+    r = check("microcode_guest", s)
+    assert not r.passed and r.cpus == [2] and "another revision" in r.detail
+    s = guest_snap((INTEL, 0x1_0000_0000, 0x5_0000_0000, 0x5, None, True),   # MSR != property
+                   (INTEL, 0x1_0000_0000, 0x1_0000_0000, 0x1, 0x2, True),    # sysfs differs
+                   (INTEL, 0x1_0000_0000, None, 0x1, None, True))            # MSR not read
+    assert check("microcode_guest", s).cpus == [0, 1, 2]
+
+
+def test_microcode_guest_needs_the_guest():
+    s = guest_snap((INTEL, 0x1_0000_0000, None, None, None, None))
+    r = check("microcode_guest", s)
+    assert not r.passed and "no CPU" in r.detail

@@ -13,7 +13,11 @@ Modules, one job each:
 - ``defects``   the error object every parser reports (offset, field, expected, found);
 - ``intel``     Intel update headers, extended tables, concatenations; ``build_update``;
 - ``amd``       AMD containers, equivalence tables, patch headers; ``build_container``;
-- ``select``    what Linux's loader would load for a CPU; packing like ``iucode_tool -w``;
+- ``select``    what a CPU matches; iucode_tool's selection; packing like ``iucode_tool -w``;
+- ``linux``     which update Linux loads, per kernel generation (6.1, 6.7+), early and late;
+- ``iucode``    iucode_tool 2.3.1's selection (filters, dates, downgrade), rule for rule;
+- ``corpus``    Debian's intel-microcode fetched into the cache (tests and benchmarks);
 - ``cpio``      newc early-microcode archive, combined initrd, ``find_cpio_data``;
-- ``cli``       ``register(subparsers)`` adding the ``microcode`` subcommand.
+- ``cli``       ``register(subparsers)`` adding the ``microcode`` subcommand; ``main`` runs it
+  alone (``python -m harness microcode`` imports only what the command uses).
 """

@@ -11,8 +11,7 @@ do we.
 """
 
 import struct
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from collections import namedtuple
 
 from .cpuid import decode_signature
 from .defects import Defect, DefectVerdicts, MicrocodeError
@@ -39,33 +38,34 @@ FINAL_PATCH_LEVELS = (0x01000098, 0x0100009F, 0x010000AF)  # facts §2.2 / L-cor
 assert PATCH_HEADER.size == PATCH_HEADER_SIZE
 
 
-@dataclass(frozen=True)
-class EquivEntry:
-    installed_cpu: int
-    fixed_errata_mask: int
-    fixed_errata_compare: int
-    equiv_id: int
-    reserved: int = 0
+# Named tuples and plain classes rather than dataclasses: the lean ``microcode`` command
+# imports this module (see intel.py).
+
+class EquivEntry(namedtuple("EquivEntry", "installed_cpu fixed_errata_mask "
+                            "fixed_errata_compare equiv_id reserved", defaults=(0,))):
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class AmdPatch:
-    offset: int                 # file offset of the 64-byte patch header
-    data_code: int              # BCD mmddyyyy date (not reliable, facts §2.1)
-    patch_id: int               # the revision MSR 0x8B reports after loading
-    mc_patch_data_id: int
-    mc_patch_data_len: int
-    init_flag: int
-    mc_patch_data_checksum: int
-    nb_dev_id: int
-    sb_dev_id: int
-    processor_rev_id: int       # the equivalence id this patch is for
-    nb_rev_id: int
-    sb_rev_id: int
-    bios_api_rev: int
-    match_reg: Tuple[int, ...]
-    raw: bytes = field(repr=False)  # the patch itself (header + body), no section header
-    source: Optional[str] = None
+_PATCH_FIELDS = (
+    "offset",             # file offset of the 64-byte patch header
+    "data_code",          # BCD mmddyyyy date (not reliable, facts §2.1)
+    "patch_id",           # the revision MSR 0x8B reports after loading
+    "mc_patch_data_id", "mc_patch_data_len", "init_flag", "mc_patch_data_checksum",
+    "nb_dev_id", "sb_dev_id",
+    "processor_rev_id",   # the equivalence id this patch is for
+    "nb_rev_id", "sb_rev_id", "bios_api_rev",
+    "match_reg",          # tuple of 8
+    "raw",                # the patch itself (header + body), no section header
+    "source")
+
+
+class AmdPatch(namedtuple("AmdPatch", _PATCH_FIELDS, defaults=(None,))):
+    __slots__ = ()
+
+    def __repr__(self):
+        return (f"AmdPatch(offset=0x{self.offset:x}, patch_id=0x{self.patch_id:08x}, "
+                f"processor_rev_id=0x{self.processor_rev_id:04x}, size={self.size}, "
+                f"source={self.source!r})")
 
     @property
     def family(self):
@@ -85,12 +85,24 @@ class AmdPatch:
         return len(self.raw)
 
 
-@dataclass
 class AmdContainer:
-    offset: int
-    equiv_table: List[EquivEntry]
-    patches: List[AmdPatch]
-    raw: bytes = field(repr=False, default=b"")
+    """One container: its equivalence table, the patches that verified, its bytes."""
+
+    __slots__ = ("offset", "equiv_table", "patches", "raw")
+
+    def __init__(self, offset, equiv_table, patches, raw=b""):
+        self.offset, self.equiv_table, self.patches, self.raw = offset, equiv_table, patches, raw
+
+    def __eq__(self, other):
+        return isinstance(other, AmdContainer) and (
+            (self.offset, self.equiv_table, self.patches, self.raw)
+            == (other.offset, other.equiv_table, other.patches, other.raw))
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f"AmdContainer(offset=0x{self.offset:x}, {len(self.equiv_table)} equivalences, "
+                f"{len(self.patches)} patches)")
 
     def equiv_id(self, cpuid_eax):
         """The equivalence id of a CPU in this container's table, 0 when absent."""
@@ -100,12 +112,9 @@ class AmdContainer:
         return 0
 
 
-@dataclass
 class AmdParseResult(DefectVerdicts):
-    containers: List[AmdContainer]
-    defects: List[Defect]
-    size: int
-    source: Optional[str] = None
+    def __init__(self, containers, defects, size, source=None):
+        self.containers, self.defects, self.size, self.source = containers, defects, size, source
 
     @property
     def patches(self):

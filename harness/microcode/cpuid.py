@@ -1,11 +1,11 @@
-"""CPUID(1).EAX and MSR 0x17 decoding, and the loader's firmware file names.
+"""CPUID(1).EAX, MSR 0x17 and MSR 0x8B decoding, and the loader's firmware file names.
 
 Why a module: Intel matching, AMD family rules and the file names used by the kernel all
 derive family/model/stepping from the same signature word, with vendor-specific
 quirks (facts §1.5, §2.2). Keeping the bit arithmetic here means it is written once.
 """
 
-from typing import NamedTuple
+from collections import namedtuple
 
 from harness.hw import MSR_IA32_PLATFORM_ID  # noqa: F401  (documents where pf comes from)
 
@@ -13,10 +13,7 @@ PLATFORM_ID_SHIFT = 50     # MSR 0x17 bits 52:50 hold the platform id (facts §1
 PLATFORM_ID_MASK = 0x7
 
 
-class Signature(NamedTuple):
-    family: int
-    model: int
-    stepping: int
+Signature = namedtuple("Signature", "family model stepping")
 
 
 def decode_signature(eax):
@@ -49,6 +46,15 @@ def intel_fw_name(eax):
     """``intel-ucode/FF-MM-SS`` as requested by the late loader."""
     f, m, s = decode_signature(eax)
     return f"intel-ucode/{f:02x}-{m:02x}-{s:02x}"
+
+
+def ucode_revision(vendor, raw):
+    """The revision in a raw MSR 0x8B (IA32_BIOS_SIGN_ID / AMD PATCH_LEVEL) value, as
+    Linux reports it (/proc/cpuinfo ``microcode``): the high 32 bits on Intel (SDM
+    §9.11.7, facts §1.7), the low 32 bits on AMD (facts §2.2). None stays None."""
+    if raw is None:
+        return None
+    return (raw >> 32) & 0xFFFFFFFF if vendor == "GenuineIntel" else raw & 0xFFFFFFFF
 
 
 def amd_fw_name(eax):

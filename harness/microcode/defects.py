@@ -6,27 +6,21 @@ could trust plus a list of ``Defect`` objects, each pinned to a file offset and 
 with what was expected and what was found, so a person can fix the file.
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from collections import namedtuple
 
 
-@dataclass(frozen=True)
-class Defect:
+class Defect(namedtuple("Defect", "offset field expected found record fatal source",
+                        defaults=(None, True, None))):
     """One problem found in a microcode file.
 
     ``offset`` is the absolute file offset of the offending field; ``record`` the offset
     of the update/section it belongs to (None for file-level problems). ``fatal`` means
     the record was rejected (not returned); non-fatal defects are warnings (e.g. strict
-    checks in loose mode).
+    checks in loose mode). A named tuple: the parsers are imported by the lean
+    ``microcode`` command, which avoids ``dataclasses``.
     """
 
-    offset: int
-    field: str
-    expected: str
-    found: str
-    record: Optional[int] = None
-    fatal: bool = True
-    source: Optional[str] = None
+    __slots__ = ()
 
     @property
     def message(self):

@@ -19,13 +19,11 @@ Validation (``parse_intel``):
 - The reserved words (``metasize``, ``min_req_ver``) are data, kept, never rejected.
 """
 
-import datetime
-import random
+import mmap
 import struct
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from collections import namedtuple
 
-from .checksum import u32_sum, u32_sum32
+from .checksum import u32_sum, u32_sum32, u32_sum_range
 from .defects import Defect, DefectVerdicts, MicrocodeError
 
 # --- format constants (facts §1.1-§1.3) ---------------------------------------------
@@ -49,32 +47,36 @@ OFF_PF, OFF_DATASIZE, OFF_TOTALSIZE, OFF_RESERVED = 24, 28, 32, 36
 _HDRVER_BYTES = HEADER_VERSION_MICROCODE.to_bytes(4, "little")
 
 
-@dataclass(frozen=True)
-class ExtSignature:
-    signature: int
-    pf_mask: int
-    checksum: int
+# Records are named tuples, not dataclasses: the ``microcode`` command imports this module
+# on every run, and ``dataclasses`` (with ``inspect``) plus one ``exec`` per class cost
+# more than parsing a file.
+
+class ExtSignature(namedtuple("ExtSignature", "signature pf_mask checksum")):
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class IntelUpdate:
+_UPDATE_FIELDS = (
+    "offset",             # file offset of the header
+    "header_version", "revision", "date_bcd", "signature", "checksum", "loader_revision",
+    "pf_mask",
+    "data_size_field",    # as stored (0 means 2000)
+    "total_size_field",   # as stored (0 when data size is 0)
+    "reserved",           # (metasize, min_req_ver, reserved)
+    "ext_checksum",       # None without an extended table
+    "ext_signatures",     # tuple of ExtSignature
+    "raw",                # the whole update
+    "source")             # file name or None
+
+
+class IntelUpdate(namedtuple("IntelUpdate", _UPDATE_FIELDS, defaults=(None,))):
     """One verified (or, in loose mode, tolerated) Intel microcode update."""
 
-    offset: int                 # file offset of the header
-    header_version: int
-    revision: int
-    date_bcd: int
-    signature: int
-    checksum: int
-    loader_revision: int
-    pf_mask: int
-    data_size_field: int        # as stored (0 means 2000)
-    total_size_field: int       # as stored (0 when data size is 0)
-    reserved: Tuple[int, int, int]
-    ext_checksum: Optional[int]
-    ext_signatures: Tuple[ExtSignature, ...]
-    raw: bytes = field(repr=False)
-    source: Optional[str] = None
+    __slots__ = ()
+
+    def __repr__(self):
+        return (f"IntelUpdate(offset=0x{self.offset:x}, sig=0x{self.signature:x}, "
+                f"pf=0x{self.pf_mask:x}, rev=0x{self.revision:x}, {self.date}, "
+                f"size={self.total_size}, source={self.source!r})")
 
     @property
     def data_size(self):
@@ -118,12 +120,15 @@ class IntelUpdate:
         return (self.signature, self.pf_mask, self.revision, self.raw)
 
 
-@dataclass
 class IntelParseResult(DefectVerdicts):
-    updates: List[IntelUpdate]
-    defects: List[Defect]
-    size: int
-    source: Optional[str] = None
+    """The updates of a blob that passed validation, in file order, and every defect."""
+
+    def __init__(self, updates, defects, size, source=None):
+        self.updates, self.defects, self.size, self.source = updates, defects, size, source
+
+    def __repr__(self):
+        return (f"IntelParseResult({len(self.updates)} updates, {len(self.defects)} defects, "
+                f"size={self.size}, source={self.source!r})")
 
 
 # --- dates ---------------------------------------------------------------------------
@@ -143,19 +148,35 @@ def _bcd_value(v, digits):
     return out
 
 
+_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _ymd(bcd):
+    """(year, month, day) of a BCD mmddyyyy word if it is a calendar date (years 1..9999,
+    Gregorian leap years), else None; no ``datetime`` import for the parser's sake."""
+    y, m, d = _bcd_value(bcd & 0xFFFF, 4), _bcd_value(bcd >> 24, 2), _bcd_value((bcd >> 16) & 0xFF, 2)
+    if None in (y, m, d) or not y or not 1 <= m <= 12 or d < 1:
+        return None
+    leap = m == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    return (y, m, d) if d <= _DAYS[m - 1] + leap else None
+
+
+def bcd_date_valid(bcd):
+    return _ymd(bcd) is not None
+
+
 def bcd_date_to_date(bcd):
     """The calendar date of a BCD mmddyyyy word, or None if it is not a valid date."""
-    y, m, d = _bcd_value(bcd & 0xFFFF, 4), _bcd_value(bcd >> 24, 2), _bcd_value((bcd >> 16) & 0xFF, 2)
-    if None in (y, m, d):
+    ymd = _ymd(bcd)
+    if ymd is None:
         return None
-    try:
-        return datetime.date(y, m, d)
-    except ValueError:
-        return None
+    import datetime
+    return datetime.date(*ymd)
 
 
 def date_to_bcd(value):
     """Accept ``datetime.date``, ``'YYYY-MM-DD'`` or a raw BCD int; return the BCD word."""
+    import datetime
     if isinstance(value, int):
         return value & U32
     if isinstance(value, str):
@@ -179,7 +200,7 @@ class _Record:
         self.structural = False  # the size fields themselves cannot be trusted
 
 
-def _check_record(data, pos, strict, source):
+def _check_record(data, pos, strict, source, view=None, zero_copy=False):
     """Validate the record at ``pos``; never raises on content."""
     rec = _Record()
     end = len(data)
@@ -252,8 +273,7 @@ def _check_record(data, pos, strict, source):
                 ext_sigs = tuple(entries)
 
     # --- main checksum (kernel rule 6) ---
-    raw = data[pos:pos + total]
-    s = u32_sum32(raw if not ext_len else raw[:HEADER_SIZE + data_size])
+    s = u32_sum_range(data, pos, pos + HEADER_SIZE + data_size, view) & U32
     if s:
         bad(OFF_CKSUM, "checksum", f"0x{(cksum - s) & U32:08x}", f"0x{cksum:08x}")
 
@@ -263,7 +283,7 @@ def _check_record(data, pos, strict, source):
             fatal=strict)
     if not ds and ts:
         bad(OFF_TOTALSIZE, "total size", "0 (data size is 0)", str(ts), fatal=False)
-    if bcd_date_to_date(date) is None:
+    if not bcd_date_valid(date):
         bad(OFF_DATE, "date", "a valid BCD mmddyyyy date", f"0x{date:08x}", fatal=strict)
     if pf & PF_RESERVED_MASK:
         bad(OFF_PF, "processor flags", "bits 31:8 clear", f"0x{pf:08x}", fatal=False)
@@ -271,7 +291,8 @@ def _check_record(data, pos, strict, source):
     if not any(d.fatal for d in rec.defects):
         rec.update = IntelUpdate(pos, hdrver, rev, date, sig, cksum, ldrver, pf, ds, ts,
                                  (r0, r1, r2), ext_cksum, ext_sigs,
-                                 raw, source)
+                                 view[pos:pos + total] if zero_copy else data[pos:pos + total],
+                                 source)
     return rec
 
 
@@ -296,17 +317,22 @@ def parse_intel(data, *, strict=True, source=None):
     and every defect. After a rejected record whose size fields are sane, parsing goes on
     right after it; otherwise it searches forward for the next valid header and reports
     the skipped span. Fewer than 48 trailing bytes are reported (Linux rejects them).
+
+    ``data`` may be a read-only ``mmap``: it is then parsed in place and each update's
+    ``raw`` is a memoryview into the map (no copy; keep the map open while it is used).
     """
-    if not isinstance(data, bytes):
+    mapped = isinstance(data, mmap.mmap)
+    if not mapped and not isinstance(data, bytes):
         data = bytes(data)
     updates, defects = [], []
     pos, end = 0, len(data)
+    view = memoryview(data)
     while pos < end:
         if end - pos < HEADER_SIZE:
             defects.append(Defect(pos, "trailing data", "end of file or a 48-byte header",
                                   f"{end - pos} stray bytes", source=source))
             break
-        rec = _check_record(data, pos, strict, source)
+        rec = _check_record(data, pos, strict, source, view, mapped)
         defects.extend(rec.defects)
         if rec.update is not None:
             updates.append(rec.update)
@@ -394,6 +420,7 @@ def build_update(signature, pf_mask, revision, date="2024-01-01", data=None, ext
     else:
         want = len(data)
     if data is None:
+        import random
         rng = random.Random(seed if seed is not None else f"{signature}:{pf_mask}:{revision}")
         data = rng.randbytes(want)
     data = bytes(data)

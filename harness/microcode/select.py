@@ -1,32 +1,24 @@
-"""Which update a CPU gets, and packing a set of updates (facts §1.5, §1.6, §2.2, §4.1).
+"""What a CPU matches, and packing a set of updates (facts §1.5, §4.1).
 
-Why: the harness predicts the microcode revision a (hot-added) CPU will report. That is
-the update Linux's loader picks, not simply "the newest in the file": the signature must
-be equal, the platform flags must intersect (or both be 0), extended signatures count,
-only a revision strictly above the running one is taken, the highest wins and the first
-wins on ties. Linux compares revisions as u32.
+Why: matching (equal signature, platform flags intersecting or both 0, extended
+signatures counting) is shared by Linux's loaders and by iucode_tool's selection. Which
+update Linux then *picks* depends on the kernel generation and lives in
+``harness.microcode.linux``.
 
 Packing follows ``iucode_tool``: de-duplicate by (sig, pf, rev) plus payload and sort by
-signature ascending, then pf mask descending, so our GenuineIntel.bin equals ``-w``'s.
-``iucode_select`` reproduces iucode_tool's own selection (highest revision per exact
-(sig, pf) pair, revisions compared as *signed* 32-bit numbers, same sig/pf/rev with a
-different payload is a conflict, a pair covered by a pf superset with a revision at least
-as high is dropped) so listings can be compared with the oracle.
+signature ascending, then pf mask descending. iucode_tool's own selection (filters,
+dates, downgrades) is ``harness.microcode.iucode``.
 """
 
-from dataclasses import dataclass
-from typing import List, NamedTuple, Optional
+from collections import namedtuple
 
-from .amd import FINAL_PATCH_LEVELS, patches_for_cpu
 from .cpuid import intel_cpu_pf
-from .defects import Defect
 
 INTEL = "GenuineIntel"
 AMD = "AuthenticAMD"
 
 
-@dataclass(frozen=True)
-class Cpu:
+class Cpu(namedtuple("Cpu", "vendor signature platform_id revision", defaults=(None, 0))):
     """A CPU as the loader sees it.
 
     ``signature`` is CPUID(1).EAX; ``platform_id`` the 0..7 value from MSR 0x17 bits
@@ -34,10 +26,7 @@ class Cpu:
     (high dword for Intel).
     """
 
-    vendor: str
-    signature: int
-    platform_id: Optional[int] = None
-    revision: int = 0
+    __slots__ = ()
 
     @property
     def pf_mask(self):
@@ -57,126 +46,7 @@ def intel_update_matches(update, cpu_sig, cpu_pf):
     return any(signatures_match(cpu_sig, cpu_pf, s, p) for s, p in update.signatures)
 
 
-def applicable_intel(updates, cpu):
-    """All updates that match the CPU, whatever their revision, in file order."""
-    pf = cpu.pf_mask
-    return [u for u in updates if intel_update_matches(u, cpu.signature, pf)]
-
-
-def select_intel(updates, cpu):
-    """The update Linux's ``scan_microcode`` would load, or None (never a downgrade)."""
-    best = None
-    cur = cpu.revision & 0xFFFFFFFF
-    for u in applicable_intel(updates, cpu):
-        if u.revision > cur and (best is None or u.revision > best.revision):
-            best = u
-    return best
-
-
-def select_amd(containers, cpu, *, reapply_equal=False):
-    """The AMD patch Linux would load, or None.
-
-    The highest ``patch_id`` among matching patches (first wins on ties), taken only if
-    it is above the current level (``reapply_equal``: the 6.5/6.6 rule that also
-    re-applies an equal level). A CPU on a final patch level gets nothing.
-    """
-    if cpu.revision in FINAL_PATCH_LEVELS:
-        return None
-    best = None
-    for p in patches_for_cpu(containers, cpu.signature):
-        if best is None or p.patch_id > best.patch_id:
-            best = p
-    if best is None:
-        return None
-    if best.patch_id > cpu.revision or (reapply_equal and best.patch_id == cpu.revision):
-        return best
-    return None
-
-
-def select_for_cpu(cpu, *, intel_updates=(), amd_containers=()):
-    """Dispatch on the vendor."""
-    if cpu.vendor == INTEL:
-        return select_intel(intel_updates, cpu)
-    if cpu.vendor == AMD:
-        return select_amd(amd_containers, cpu)
-    return None
-
-
-# --- iucode_tool-compatible selection and packing -----------------------------------
-
-def _s32(v):
-    return v - (1 << 32) if v & 0x80000000 else v
-
-
-class Entry(NamedTuple):
-    """One selected (signature, pf) pair and the update that provides it."""
-
-    signature: int
-    pf_mask: int
-    update: object
-
-
-@dataclass
-class Selection:
-    entries: List[Entry]
-    conflicts: List[Defect]
-
-    @property
-    def updates(self):
-        """Distinct updates in entry order (what ``-w`` writes)."""
-        seen, out = set(), []
-        for e in self.entries:
-            if id(e.update) not in seen:
-                seen.add(id(e.update))
-                out.append(e.update)
-        return out
-
-
-def _filter_match(sig, pf, filters):
-    if filters is None:
-        return True
-    for fsig, fpf in filters:
-        if sig == fsig and (fpf is None or pf & fpf):
-            return True
-    return False
-
-
-def iucode_select(updates, filters=None):
-    """Like ``iucode_tool -s SIG[,PF] -l``: highest signed revision per (sig, pf), minus
-    pairs dominated by a same-signature pair with a superset pf mask and a revision at
-    least as high.
-
-    ``filters``: None for everything, or a list of (signature, pf_mask or None).
-    Entries come sorted by signature ascending, then pf mask descending.
-    """
-    best, conflicts = {}, []
-    for u in updates:
-        for sig, pf in u.signatures:
-            if not _filter_match(sig, pf, filters):
-                continue
-            old = best.get((sig, pf))
-            if old is None or _s32(u.revision) > _s32(old.revision):
-                best[(sig, pf)] = u
-            elif u.revision == old.revision and u.raw != old.raw:
-                conflicts.append(Defect(
-                    u.offset, "payload", f"identical to the update at offset 0x{old.offset:x}"
-                    f"{' of ' + old.source if old.source else ''} (same sig 0x{sig:08x}, "
-                    f"pf 0x{pf:02x}, rev 0x{u.revision:x})", "different contents",
-                    record=u.offset, source=u.source))
-    # iucode_tool's no-downgrade also drops a (sig, pf) pair when another pair of the
-    # same signature covers all of its platforms (pf superset) with a revision at least
-    # as high (measured against iucode_tool 2.3.1 in tests/microcode/test_oracle.py).
-    by_sig = {}
-    for sig, pf in best:
-        by_sig.setdefault(sig, []).append(pf)
-    dominated = [(sig, pf) for (sig, pf), u in best.items() if pf and any(
-        pf2 != pf and pf2 & pf == pf and _s32(best[(sig, pf2)].revision) >= _s32(u.revision)
-        for pf2 in by_sig[sig])]
-    for k in dominated:
-        del best[k]
-    keys = sorted(best, key=lambda k: (k[0], -k[1]))
-    return Selection([Entry(s, p, best[(s, p)]) for s, p in keys], conflicts)
-
+# --- packing ------------------------------------------------------------------------
 
 def dedup_sort(updates):
     """Distinct updates by (sig, pf, rev)+payload, sorted sig ascending then pf descending."""
@@ -191,12 +61,6 @@ def dedup_sort(updates):
 def pack_intel(updates):
     """GenuineIntel.bin bytes for ``updates`` (de-duplicated and sorted, see ``dedup_sort``)."""
     return b"".join(u.raw for u in dedup_sort(updates))
-
-
-def pack_for_cpus(updates, cpus):
-    """GenuineIntel.bin holding, for each Intel CPU, the update Linux would load for it."""
-    chosen = [select_intel(updates, c) for c in cpus if c.vendor == INTEL]
-    return pack_intel([u for u in chosen if u is not None])
 
 
 def pack_amd(containers):

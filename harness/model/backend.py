@@ -19,7 +19,9 @@ finds (an early cpio / combined initrd, or a raw GenuineIntel.bin / AuthenticAMD
 ``cpu_props`` say ``hypervisor=off``) — while it is on Linux loads nothing;
 ``platform_id`` is MSR 0x17's platform id of CPUs without a ``platform-id`` prop.
 Snapshots report ``ucode_rev`` (raw MSR 0x8B), ``signature`` and, for CPUs the guest
-runs, ``guest_ucode_rev`` (the revision /proc/cpuinfo shows).
+runs, ``guest_ucode_rev`` (the revision /proc/cpuinfo shows), ``guest_msr_ucode`` (MSR
+0x8B as the guest reads it), ``guest_ucode_sysfs`` (Linux's sysfs version, only while
+its loader is enabled) and ``vendor``.
 """
 from __future__ import annotations
 
@@ -265,15 +267,19 @@ class ModelBackend(Backend):
         g = m.guest
         cpus = []
         for c in sorted(m.cpus, key=lambda c: c.index):
-            guest_rev = (revision_of(c.vendor, c.ucode_rev)
-                         if g.booted and c.index in g.online else None)
+            runs = g.booted and c.index in g.online
+            guest_rev = revision_of(c.vendor, c.ucode_rev) if runs else None
+            # what the guest reads: MSR 0x8B through the msr driver, and the sysfs version
+            # Linux 6.1 publishes only while its loader is enabled (microcode_init)
             cpus.append(CpuState(
                 index=c.index, apic_id=c.apic_id, smbase=c.smbase, in_smm=c.in_smm,
                 halted=m.cpu_halted(c), smi_count=c.smi_count, pending_smi=c.pending_smi,
                 pending_init=c.pending_init,
                 online=(c.index in g.online) if self.booted or g.booted else None,
                 qom_path=None, ucode_rev=c.ucode_rev, signature=c.signature,
-                guest_ucode_rev=guest_rev))
+                guest_ucode_rev=guest_rev, vendor=c.vendor if runs else None,
+                guest_msr_ucode=c.ucode_rev if runs else None,
+                guest_ucode_sysfs=guest_rev if runs and not g.ucode.disabled else None))
         regs = m.mch.registers()
         regs.update(m.lpc.registers())
         return Snapshot(cpus=cpus,

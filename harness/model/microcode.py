@@ -19,8 +19,8 @@ The guest side (:class:`LinuxLoader`) is Linux 6.1's early loader: disabled when
 reports the hypervisor bit (every QEMU guest with default models does), or for Intel
 family < 6 / AMD family < 0x10 / other vendors / an AMD final patch level; otherwise the
 boot CPU picks the update from ``kernel/x86/microcode/<Vendor>.bin`` in the early cpio
-exactly as :mod:`harness.microcode.select` does, applies it, caches it, and every AP
-(boot-time or hot-added, when it is onlined) applies the cached patch.
+with 6.1's rules (:mod:`harness.microcode.linux`, ``GUEST_KERNEL``), applies it, caches
+it, and every AP (boot-time or hot-added, when it is onlined) applies the cached patch.
 """
 from __future__ import annotations
 
@@ -29,14 +29,16 @@ from dataclasses import dataclass
 from .. import hw
 from ..microcode import amd as amd_fmt
 from ..microcode import intel as intel_fmt
+from ..microcode import linux
 from ..microcode import select as sel
 from ..microcode.cpio import AMD_PATH, INTEL_PATH, find_cpio_data
-from ..microcode.cpuid import decode_signature, intel_cpu_pf
+from ..microcode.cpuid import decode_signature, intel_cpu_pf, ucode_revision
 
 INTEL = sel.INTEL            # "GenuineIntel"
 AMD = sel.AMD                # "AuthenticAMD"
 VENDOR_NAMES = {"intel": INTEL, "amd": AMD, INTEL.lower(): INTEL, AMD.lower(): AMD}
 PLATFORMS = ("qemu", "hardware")
+GUEST_KERNEL = "6.1"         # the guest image boots Debian 12's Linux 6.1
 U32 = 0xFFFFFFFF
 
 
@@ -54,9 +56,7 @@ def default_ucode_rev(vendor):
 
 def revision_of(vendor, raw):
     """The revision Linux prints (/proc/cpuinfo ``microcode``) from the raw MSR 0x8B."""
-    if raw is None:
-        return None
-    return (raw >> 32) & U32 if vendor == INTEL else raw & U32
+    return ucode_revision(vendor, raw)
 
 
 def raw_rev(vendor, revision):
@@ -294,8 +294,8 @@ class LinuxLoader:
             return None
         found = self._parse(bsp.vendor)
         c = loader_cpu(bsp)
-        patch = (sel.select_intel(found, c) if bsp.vendor == INTEL
-                 else sel.select_amd(found, c))
+        patch = (linux.early_intel(found, c, GUEST_KERNEL) if bsp.vendor == INTEL
+                 else linux.early_amd(found, c, GUEST_KERNEL))
         if patch is None:
             return None
         self._apply(bsp, patch)
@@ -314,5 +314,6 @@ class LinuxLoader:
         if cpu.vendor == INTEL:
             ok = sel.intel_update_matches(p, c.signature, c.pf_mask) and p.revision > c.revision
         else:
-            ok = cpu.vendor == AMD and p.patch_id > c.revision
+            # 6.1 load_ucode_amd_ap re-applies an equal level (e7ad18d1169c)
+            ok = cpu.vendor == AMD and p.patch_id >= c.revision
         return self._apply(cpu, p) if ok else None

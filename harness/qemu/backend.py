@@ -38,28 +38,53 @@ MIGRATION_UNSAFE_AFTER_UNPLUG = ("unplug-heap-corruption", "migration-stalls-aft
 # after an unplug's slot empties, how long QEMU must stay alive for it to count
 EJECT_SETTLE = 1.0
 # Agent snippet: one line per Linux CPU: "<n> <ACPI path> <online>"; then /proc/cpuinfo.
+# Per CPU: its ACPI path and online state, then what it reports as its microcode: MSR
+# 0x8B read through the msr driver (8 bytes at offset 0x8B of /dev/cpu/N/msr; the image
+# loads msr.ko) and Linux's sysfs version (absent while the loader is disabled, e.g.
+# with the hypervisor bit: Linux 6.1 microcode_init); then /proc/cpuinfo.
 CPU_LIST_CMD = (
     'for d in /sys/devices/system/cpu/cpu[0-9]*; do n=${d##*cpu}; '
     'echo "cpu $n $(cat $d/firmware_node/path 2>/dev/null) $(cat $d/online 2>/dev/null || echo 1)"; '
+    f'echo "ucode $n $(dd if=/dev/cpu/$n/msr bs=8 count=1 skip={hw.MSR_IA32_BIOS_SIGN_ID} '
+    'iflag=skip_bytes 2>/dev/null | od -An -tx8) $(cat $d/microcode/version 2>/dev/null)"; '
     'done; cat /proc/cpuinfo')
 
 
 def parse_cpu_list(text):
     """Guest CPU view -> {slot: {"linux": n, "online": bool, "apic_id", "microcode",
-    "signature"}}; the slot comes from the ACPI processor path \\_SB_.CPUS.Cxxx (hex)."""
-    cpus, by_linux = {}, {}
+    "signature", "vendor", "msr_ucode", "sysfs_ucode"}}; the slot comes from the ACPI
+    processor path \\_SB_.CPUS.Cxxx (hex); values the guest did not give are None."""
+    cpus, by_linux, ucode = {}, {}, {}
     for line in text.splitlines():
         m = re.match(r"cpu (\d+) \S*\.C([0-9A-Fa-f]+) (\d)\s*$", line)
         if m:
             slot = int(m.group(2), 16)
             cpus[slot] = {"linux": int(m.group(1)), "online": m.group(3) == "1"}
             by_linux[int(m.group(1))] = slot
+            continue
+        words = line.split()
+        if len(words) >= 2 and words[0] == "ucode" and words[1].isdigit():
+            msr = sysfs = None                    # od prints 16 hex digits; sysfs 0x..
+            for w in words[2:]:
+                try:
+                    if len(w) == 16 and not w.startswith("0x"):
+                        msr = int(w, 16)
+                    else:
+                        sysfs = int(w, 0)
+                except ValueError:
+                    pass
+            ucode[int(words[1])] = (msr, sysfs)
+    for n, slot in by_linux.items():
+        msr, sysfs = ucode.get(n, (None, None))
+        cpus[slot].update(msr_ucode=msr, sysfs_ucode=sysfs)
     info, cur = {}, None
     for line in text.splitlines():
         k, _, v = line.partition(":")
         k, v = k.strip(), v.strip()
         if k == "processor":
             cur = info.setdefault(int(v), {})
+        elif cur is not None and k == "vendor_id":
+            cur[k] = v
         elif cur is not None and k in ("apicid", "microcode", "cpu family", "model",
                                        "stepping"):
             try:
@@ -73,6 +98,7 @@ def parse_cpu_list(text):
         c = cpus[slot]
         c["apic_id"] = i.get("apicid")
         c["microcode"] = i.get("microcode")
+        c["vendor"] = i.get("vendor_id")
         if {"cpu family", "model", "stepping"} <= i.keys():
             c["signature"] = cpuid_signature(i["cpu family"], i["model"], i["stepping"])
     return cpus
@@ -434,6 +460,10 @@ class QemuBackend(Backend):
                 if g:
                     c.guest_ucode_rev = g.get("microcode")
                     c.signature = g.get("signature")
+                    c.vendor = g.get("vendor")
+                    if c.online:
+                        c.guest_msr_ucode = g.get("msr_ucode")
+                        c.guest_ucode_sysfs = g.get("sysfs_ucode")
         return snap
 
     def snapshot(self) -> Snapshot:

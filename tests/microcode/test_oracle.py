@@ -14,7 +14,7 @@ from harness.microcode.cpio import build_early_cpio
 from harness.microcode.intel import (
     EXT_HEADER_SIZE, HEADER_SIZE, build_update, parse_intel, recompute_checksums,
 )
-from harness.microcode.select import iucode_select
+from harness.microcode.iucode import select_updates
 
 from mc_helpers import get_u32, put_u32, run_cli
 
@@ -90,7 +90,7 @@ def test_select_matches_iucode_filter(generated, iucode, capsys):
         assert all(r[0] == sig for r in rows)
         for pid in range(8):
             revs = [r[2] for r in rows if r[1] & (1 << pid)]
-            rc = run_cli("select", "--json", "--signature", hex(sig), "--platform-id", pid, *generated)
+            rc = run_cli("select", "--kernel", "6.7", "--json", "--signature", hex(sig), "--platform-id", pid, *generated)
             out = json.loads(capsys.readouterr().out)
             if not revs:
                 assert rc == 1 and out == []
@@ -102,11 +102,11 @@ def test_select_matches_iucode_filter(generated, iucode, capsys):
 
 def test_earlyfw_byte_identical(generated, iucode, tmp_path):
     ups = [u for p in generated for u in parse_intel(p.read_bytes()).updates]
-    for filters in (None, [(0x906EA, None)], [(0x806EC, 0x02), (0x6F2, None)]):
-        args = [a for s, pf in (filters or []) for a in ("-s", f"{s:#x}" + (f",{pf:#x}" if pf else ""))]
+    for filters in (None, ["0x906ea"], ["0x806ec,0x02", "0x6f2"]):
+        args = [a for spec in (filters or []) for a in ("-s", spec)]
         ref = tmp_path / f"ref{len(args)}.cpio"
         iucode("-tb", *args, f"--write-earlyfw={ref}", *generated)
-        sel = iucode_select(ups, filters)
+        sel = select_updates(ups, filters)
         assert not sel.conflicts
         if not sel.updates:
             continue
@@ -127,15 +127,15 @@ def test_cli_pack_early_identical(generated, iucode, tmp_path):
 
 def test_recovery_scan_of_combined_cpio(iucode, tmp_path):
     ups = random_set(9, n=8)
-    intel = b"".join(u.raw for u in iucode_select(parse_intel(b"".join(ups)).updates).updates)
+    intel = b"".join(u.raw for u in select_updates(parse_intel(b"".join(ups)).updates).updates)
     eid = conventional_equiv_id(0x00A00F11)
     amd = build_container([(0x00A00F11, eid)], [build_patch(0x0A0011D5, eid)])
     img = tmp_path / "early.cpio"
     img.write_bytes(build_early_cpio(intel, amd))
     theirs = sorted(oracle_rows(iucode("-tr", "-l", img).stdout))
     ours = sorted((s, p, u.revision, u.date, u.total_size)
-                  for e in iucode_select(parse_intel(intel).updates).entries
-                  for u, s, p in [(e.update, e.signature, e.pf_mask)])
+                  for e in select_updates(parse_intel(intel).updates).entries
+                  for u, s, p in [(e.update, e.cpuid, e.pfm)])
     assert theirs == ours
 
 
@@ -179,4 +179,4 @@ def test_conflict_agrees(iucode, tmp_path):
     p = tmp_path / "dup"
     p.write_bytes(a + b)
     assert iucode("-tb", "-l", p, check=False).returncode != 0
-    assert iucode_select(parse_intel(a + b).updates).conflicts
+    assert select_updates(parse_intel(a + b).updates).conflicts

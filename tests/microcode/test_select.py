@@ -5,9 +5,10 @@ from harness.microcode.cpuid import (
     amd_fw_name, decode_signature, intel_cpu_pf, intel_fw_name, platform_id_from_msr,
 )
 from harness.microcode.intel import build_update, parse_intel
+from harness.microcode.iucode import select_updates
+from harness.microcode.linux import early_amd, early_intel, pack_for_cpus
 from harness.microcode.select import (
-    AMD, INTEL, Cpu, dedup_sort, iucode_select, pack_for_cpus, pack_intel, select_amd,
-    select_intel, signatures_match,
+    AMD, INTEL, Cpu, dedup_sort, pack_intel, signatures_match,
 )
 
 SIG = 0x906EA
@@ -39,40 +40,41 @@ def test_cpuid_helpers():
 
 
 def test_highest_newer_revision_wins_first_on_ties():
+    """6.7+ scan_microcode (cur_rev rule); 6.1's differences are in test_linux_rules."""
     a = build_update(SIG, 0x22, 0xF0)
     b = build_update(SIG, 0x22, 0xFA, seed=1)
     c = build_update(SIG, 0x22, 0xFA, seed=2)      # same revision, later: loses
     d = build_update(SIG, 0x01, 0xFF)              # other platform
     updates = ups(a, b, c, d)
     cpu = Cpu(INTEL, SIG, platform_id=1, revision=0)
-    assert select_intel(updates, cpu).raw == b
-    assert select_intel(updates, Cpu(INTEL, SIG, 0, 0)).raw == d
-    assert select_intel(updates, Cpu(INTEL, SIG, 1, 0xFA)) is None        # never equal
-    assert select_intel(updates, Cpu(INTEL, SIG, 1, 0x100)) is None       # never a downgrade
-    assert select_intel(updates, Cpu(INTEL, SIG, 1, 0xF5)).raw == b
-    assert select_intel(updates, Cpu(INTEL, SIG + 1, 1, 0)) is None
+    assert early_intel(updates, cpu, "6.7").raw == b
+    assert early_intel(updates, Cpu(INTEL, SIG, 0, 0), "6.7").raw == d
+    assert early_intel(updates, Cpu(INTEL, SIG, 1, 0xFA), "6.7") is None        # never equal
+    assert early_intel(updates, Cpu(INTEL, SIG, 1, 0x100), "6.7") is None       # never a downgrade
+    assert early_intel(updates, Cpu(INTEL, SIG, 1, 0xF5), "6.7").raw == b
+    assert early_intel(updates, Cpu(INTEL, SIG + 1, 1, 0), "6.7") is None
 
 
 def test_revisions_compare_unsigned_like_linux():
     hi = build_update(SIG, 0x22, 0x80000001)
     lo = build_update(SIG, 0x22, 0x5)
-    assert select_intel(ups(lo, hi), Cpu(INTEL, SIG, 1)).revision == 0x80000001
+    assert early_intel(ups(lo, hi), Cpu(INTEL, SIG, 1), "6.7").revision == 0x80000001
     # iucode_tool compares signed: it keeps 0x5
-    (e,) = iucode_select(ups(hi, lo)).entries
+    (e,) = select_updates(ups(hi, lo)).entries
     assert e.update.revision == 0x5
 
 
 def test_extended_signature_counts():
     u = build_update(0x506E3, 0x36, 0x10, ext_sigs=[(SIG, 0x22)])
-    assert select_intel(ups(u), Cpu(INTEL, SIG, 5)).raw == u
-    assert select_intel(ups(u), Cpu(INTEL, SIG, 0)) is None
+    assert early_intel(ups(u), Cpu(INTEL, SIG, 5), "6.7").raw == u
+    assert early_intel(ups(u), Cpu(INTEL, SIG, 0), "6.7") is None
 
 
 def test_pf_zero_cpu_only_takes_pf_zero_update():
     old = 0x00000634                      # model 3: pf is 0
     u0 = build_update(old, 0, 2)
     u1 = build_update(old, 0x01, 3)
-    assert select_intel(ups(u0, u1), Cpu(INTEL, old, platform_id=0)).raw == u0
+    assert early_intel(ups(u0, u1), Cpu(INTEL, old, platform_id=0), "6.7").raw == u0
 
 
 def test_pack_dedups_and_sorts_like_iucode():
@@ -97,12 +99,12 @@ def test_pack_for_cpus():
 def test_iucode_select_conflict_and_filters():
     a = build_update(SIG, 0x22, 5, seed=1)
     a2 = build_update(SIG, 0x22, 5, seed=2)
-    sel = iucode_select(ups(a, a2))
-    assert len(sel.conflicts) == 1 and sel.conflicts[0].record == len(a)
+    sel = select_updates(ups(a, a2))
+    assert len(sel.conflicts) == 1 and sel.conflicts[0].record == len(a) and not sel.entries
     b = build_update(SIG, 0x01, 6)
-    sel = iucode_select(ups(a, b), [(SIG, 0x02)])
+    sel = select_updates(ups(a, b), ["0x906ea,0x02"])
     assert [e.update.raw for e in sel.entries] == [a]
-    assert iucode_select(ups(a, b), [(SIG + 1, None)]).entries == []
+    assert select_updates(ups(a, b), ["0x906eb"]).entries == []
 
 
 def test_amd_select():
@@ -111,7 +113,8 @@ def test_amd_select():
     blob = build_container([(cpu_sig, eid)], [build_patch(0x0A0011D1, eid), build_patch(0x0A0011D5, eid),
                                               build_patch(0x0A0011D3, eid)])
     conts = parse_amd(blob).containers
-    assert select_amd(conts, Cpu(AMD, cpu_sig, revision=0x0A0011D0)).patch_id == 0x0A0011D5
-    assert select_amd(conts, Cpu(AMD, cpu_sig, revision=0x0A0011D5)) is None
-    assert select_amd(conts, Cpu(AMD, cpu_sig, revision=0x0A0011D5), reapply_equal=True).patch_id == 0x0A0011D5
-    assert select_amd(conts, Cpu(AMD, cpu_sig, revision=0x01000098)) is None   # final level
+    # the last match in the container, not the highest; an equal level is re-applied
+    assert early_amd(conts, Cpu(AMD, cpu_sig, revision=0x0A0011D0)).patch_id == 0x0A0011D3
+    assert early_amd(conts, Cpu(AMD, cpu_sig, revision=0x0A0011D3)).patch_id == 0x0A0011D3
+    assert early_amd(conts, Cpu(AMD, cpu_sig, revision=0x0A0011D4)) is None
+    assert early_amd(conts, Cpu(AMD, cpu_sig, revision=0x01000098)) is None   # final level

@@ -241,3 +241,28 @@ def test_loader_standalone():
     bsp = Cpu(0, 0, 0, replace(TCG, wrmsr_ucode="hardware"), Memory(),
               ucode_rev=INTEL_DEFAULT, signature=SKL, vendor=INTEL, platform_id=1)
     assert ld.boot_bsp(bsp).revision == NEW_REV and bsp.ucode_rev == NEW_REV << 32
+
+
+def test_guest_loader_uses_linux_61_scan_rule():
+    """Debian 12's 6.1 scan_microcode compares later updates with the first pick's primary
+    signature: an update matching only through its extended table (rev 5) keeps a later
+    primary match (rev 7) out, so every CPU reports 5 (6.7+ would load 7)."""
+    other = SKL + 1
+    a = build_update(other, 0x02, 5, ext_sigs=[(other, 0x02), (SKL, 0x02)])
+    b7 = build_update(SKL, 0x02, 7)
+    b = model("hardware", early=build_early_cpio(a + b7), hypervisor=False)
+    assert [c.ucode_rev for c in b.snapshot().cpus] == [5 << 32] * 2
+
+
+def test_guest_view_fields_of_the_snapshot():
+    """What the guest reads: MSR 0x8B raw, its vendor; sysfs only while Linux's loader is
+    enabled (hypervisor bit clear), never for a CPU the guest does not run."""
+    b = model("qemu", early=build_early_cpio(good()), coldplug=[CpuPlug(2, props={"ucode-rev": 0x2A << 32})])
+    s = b.snapshot()
+    assert [(c.guest_msr_ucode, c.guest_ucode_rev, c.guest_ucode_sysfs, c.vendor) for c in s.cpus] \
+        == [(INTEL_DEFAULT, 1, None, INTEL)] * 2 + [(0x2A << 32, 0x2A, None, INTEL)]
+    b = model("hardware", early=build_early_cpio(good()), hypervisor=False)
+    assert [(c.guest_msr_ucode, c.guest_ucode_sysfs) for c in b.snapshot().cpus] == \
+        [(NEW_REV << 32, NEW_REV)] * 2
+    b = model("qemu", boot=False)
+    assert [(c.guest_msr_ucode, c.vendor) for c in b.snapshot().cpus] == [(None, None)] * 2
