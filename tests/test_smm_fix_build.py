@@ -138,3 +138,14 @@ def test_back_to_back_hotplug_is_validated(tmp_path, text, problem):
     with pytest.raises(Exception, match=problem) as e:
         scenario.load(f)
     assert "s.yaml:5" in str(e.value)
+
+
+def test_the_meson_a_source_asks_for_is_read(tmp_path):
+    # QEMU 10.2.2's meson.build begins so; 7.2's asks for 0.61.3
+    (tmp_path / "meson.build").write_text(
+        "project('qemu', ['c'], meson_version: '>=1.5.0',\n"
+        "        default_options: ['warning_level=1'])\n")
+    assert source_build.meson_requirement(tmp_path) == (1, 5, 0)
+    (tmp_path / "meson.build").write_text("project('qemu', ['c'])\n")
+    assert source_build.meson_requirement(tmp_path) is None
+    assert source_build.meson_requirement(tmp_path / "missing") is None
