@@ -775,7 +775,11 @@ def build_from_record(record: Dict[str, object], build_dir: Path) -> Build:
         v = layout.get(key)
         return build_dir / str(v) if v else None
     hashes = {str(build_dir / k): v for k, v in (record.get("sha256") or {}).items()}
-    version = record["version_number"] if kind == "qemu" else record["version"]
+    version = str(record["version_number"] if kind == "qemu" else record["version"] or "")
+    entry = _lookup(str(record.get("name")))
+    if kind == "qemu" and entry is not None and entry.marker and \
+            not version.endswith(f"+{entry.marker}"):
+        version += f"+{entry.marker}"       # as the harness names a fixed build's version
     return Build(name=record["name"], kind=kind, version=str(version or ""),
                  qemu=at("qemu"), ovmf_code=at("ovmf_code"), ovmf_vars=at("ovmf_vars"),
                  sha256=hashes, record=build_dir / RECORD, source="fetched")
