@@ -149,3 +149,24 @@ def test_the_meson_a_source_asks_for_is_read(tmp_path):
     (tmp_path / "meson.build").write_text("project('qemu', ['c'])\n")
     assert source_build.meson_requirement(tmp_path) is None
     assert source_build.meson_requirement(tmp_path / "missing") is None
+
+
+def test_a_patch_that_does_not_apply_stops_the_build_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(source_build, "CONTRIB", tmp_path / "contrib")
+    series = tmp_path / "contrib" / "s"
+    series.mkdir(parents=True)
+    tree = tmp_path / "src"
+    (tree / "a").mkdir(parents=True)
+    (tree / "a" / "f.c").write_text("int x = 1;\n")
+    (series / "0001-good.patch").write_text(
+        "--- a/a/f.c\n+++ b/a/f.c\n@@ -1 +1 @@\n-int x = 1;\n+int x = 2;\n")
+    (series / "0002-stale.patch").write_text(
+        "--- a/a/f.c\n+++ b/a/f.c\n@@ -1 +1 @@\n-int y = 1;\n+int y = 2;\n")
+    said = []
+    with pytest.raises(source_build.HarnessError) as e:
+        source_build.apply_series("qemu-x", tree, "s", tmp_path / "patch.log", said.append)
+    assert str(e.value).startswith("qemu-x: 0002-stale.patch does not apply to the source")
+    assert "\n" not in str(e.value)
+    assert (tree / "a" / "f.c").read_text() == "int x = 2;\n"       # the first one applied
+    assert said == ["builds: qemu-x: applying 0001-good.patch",
+                    "builds: qemu-x: applying 0002-stale.patch"]
