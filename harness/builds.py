@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from . import settings
+from . import hw, settings
 from .errors import ConfigError, HarnessError
 
 _log = logging.getLogger(__name__)
@@ -718,8 +718,8 @@ def qmp_probe(binary: Union[str, Path], timeout: float = 30) -> Optional[str]:
     return None
 
 
-FVH_OFFSET = 0x28
-BLOCK = 0x1000
+FVH_OFFSET = hw.FVH_SIGNATURE_OFFSET
+BLOCK = hw.FLASH_BLOCK_SIZE
 
 
 def ovmf_image_problem(path: Union[str, Path], min_size: int = 1 << 20) -> Optional[str]:

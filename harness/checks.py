@@ -61,7 +61,7 @@ def needs_smbase(check):
 @needs_smbase
 def smbase_relocated(ctx, arg):
     bad = [c.index for c in ctx.snapshot.cpus if c.smbase == hw.DEFAULT_SMBASE]
-    return CheckResult("smbase_relocated", not bad, "no CPU at SMBASE 0x30000",
+    return CheckResult("smbase_relocated", not bad, f"no CPU at SMBASE {hw.DEFAULT_SMBASE:#x}",
                        {c.index: _hex(c.smbase) for c in ctx.snapshot.cpus},
                        f"CPU {', '.join(map(str, bad))} still at the default SMBASE"
                        if bad else "", bad)

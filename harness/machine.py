@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from . import settings
+from . import hw, settings
 from .errors import ConfigError
 
 ACCELS = ("tcg", "kvm", "auto")
@@ -53,7 +53,7 @@ class MachineConfig:
             raise ConfigError(f"maxcpus {self.maxcpus} is above 255 (xAPIC ids only)")
         if self.memory_mib < 128:
             raise ConfigError(f"memory {self.memory_mib} MiB is too small (>= 128 MiB)")
-        if not 0 <= self.tseg_mbytes <= 0xFFF:
+        if not 0 <= self.tseg_mbytes <= hw.MCH_EXT_TSEG_MBYTES_MAX:
             raise ConfigError(f"tseg_mbytes {self.tseg_mbytes} out of range 0..4095")
         if self.accel not in ACCELS:
             raise ConfigError(f"accel must be one of {', '.join(ACCELS)}, got {self.accel!r}")
@@ -72,8 +72,8 @@ class MachineConfig:
     def low_ram_bytes(self):
         """RAM below 4 GiB as QEMU q35 splits it (pc_q35_init: lowmem 2 GiB if > 2.75 GiB)."""
         ram = self.memory_mib << 20
-        if ram >= 0xB0000000:
-            return 0x80000000
+        if ram >= hw.Q35_LOWMEM_SPLIT:
+            return hw.Q35_LOWMEM_WHEN_SPLIT
         return ram
 
 

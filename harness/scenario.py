@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from . import firmware as fwmod
-from . import known_bugs
+from . import hw, known_bugs
 from .errors import ConfigError, ScenarioError
 from .machine import ACCELS, CpuPlug, MachineConfig, parse_memory
 
@@ -210,7 +210,7 @@ def _machine(ctx, node):
     if "memory" in m:
         cfg.memory_mib = _memory(ctx, m["memory"], "machine.memory")
     if "tseg_mbytes" in m:
-        cfg.tseg_mbytes = _int(ctx, m["tseg_mbytes"], "machine.tseg_mbytes", 0, 0xFFF)
+        cfg.tseg_mbytes = _int(ctx, m["tseg_mbytes"], "machine.tseg_mbytes", 0, hw.MCH_EXT_TSEG_MBYTES_MAX)
     if "firmware" in m:
         cfg.firmware = _str(ctx, m["firmware"], "machine.firmware")
     if cfg.firmware not in fwmod.profile_names():

@@ -91,9 +91,9 @@ class Mch:
         elif reg == hw.MCH_F_SMBASE:
             self._write_f_smbase(value & 0xFF)
         elif reg == hw.MCH_TOLUD:
-            self.tolud = value & 0xFFF0
+            self.tolud = value & hw.MCH_TOLUD_MASK
         elif reg == hw.MCH_TSEGMB:
-            self.tsegmb = value & 0xFFF0
+            self.tsegmb = value & hw.MCH_TOLUD_MASK
         else:
             raise KeyError(f"MCH register {reg:#x} not modelled")
 

@@ -30,11 +30,7 @@ RUNNING = "running"
 HALTED = "halted"
 
 # CPU models the model knows: name -> (vendor, family, model, stepping)
-CPU_MODELS = {
-    "qemu64": ("AMD", hw.QEMU64_FAMILY, hw.QEMU64_MODEL, hw.QEMU64_STEPPING),
-    "kvm64": ("Intel", 15, 6, 1),
-    "Skylake-Client": ("Intel", 6, 94, 3),      # QEMU builtin_x86_defs
-}
+CPU_MODELS = hw.QEMU_CPU_MODELS
 DEFAULT_UCODE_REV = hw.QEMU_UCODE_REV_AMD_DEFAULT   # qemu64 is an AMD-vendor model
 
 

@@ -16,12 +16,12 @@ from ..lost_sci import apic_id_holes, explain as explain_lost_sci
 from .chipset import MSG_CPU_EXISTS, MSG_SOCKET_RANGE, Lpc, Mch
 from .cpu import SPIN, HALT, STEP, Cpu, Memory, model_defaults, parse_int
 from .cpuhp import CpuHotplugBlock
-from .firmware import PMBASE, make_firmware
+from .firmware import make_firmware
 from .guest import Guest
 from . import microcode as ucode
 from . import qemu_defects
 
-SMI_EN_PORT = PMBASE + hw.SMI_EN_OFFSET
+SMI_EN_PORT = hw.SMI_EN_PORT
 HP_LO = hw.CPUHP_BASE
 HP_HI = hw.CPUHP_BASE + hw.CPUHP_LEGACY_LEN
 

@@ -367,9 +367,11 @@ class QemuBackend(Backend):
     def smi(self, value, data, count) -> dict:
         out = []
         if data is not None:
-            out.append(f"printf '\\{data:03o}' | dd of=/dev/port bs=1 seek=179 count=1 "
+            out.append(f"printf '\\{data:03o}' | dd of=/dev/port bs=1 "
+                       f"seek={hw.APM_STS_PORT} count=1 "
                        f"2>/dev/null || exit 1")
-        out.append(f"printf '\\{value:03o}' | dd of=/dev/port bs=1 seek=178 count=1 "
+        out.append(f"printf '\\{value:03o}' | dd of=/dev/port bs=1 "
+                   f"seek={hw.APM_CNT_PORT} count=1 "
                    f"2>/dev/null || exit 1")
         body = "; ".join(out)
         cmd = f"i=0; while [ $i -lt {count} ]; do {body}; i=$((i+1)); done"

@@ -131,11 +131,11 @@ def tseg_size(regs):
 
 def low_ram_top(stream, regs):
     tolud = regs.get("tolud") or 0
-    top = (tolud & 0xFFF0) << 16
+    top = (tolud & hw.MCH_TOLUD_MASK) << 16
     if top:
         return top
     blk = stream.ram_blocks.get("pc.ram")
-    if blk is not None and blk.length < 0x80000000:
+    if blk is not None and blk.length < hw.Q35_LOWMEM_WHEN_SPLIT:
         return blk.length
     return None
 

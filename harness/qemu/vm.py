@@ -102,7 +102,7 @@ class QemuVM:
             "-chardev", f"socket,id=serial0,path={p['console']},server=on,wait=off",
             "-serial", "chardev:serial0",
             "-qmp", f"unix:{p['qmp']},server=on,wait=off",
-            "-debugcon", f"file:{p['debugcon']}", "-global", "isa-debugcon.iobase=0x402",
+            "-debugcon", f"file:{p['debugcon']}", "-global", f"isa-debugcon.iobase={hw.OVMF_DEBUG_IO_PORT:#x}",
         ]
         if self.kernel:
             args += ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
