@@ -18,6 +18,7 @@ from .. import hw
 from ..backend import UNPLUG_TIMEOUT, Backend
 from ..errors import BackendError, Hang, NotRemoved, QemuCrashed, QemuError, Refused
 from ..machine import CpuPlug, MachineConfig
+from ..microcode.cpuid import cpuid_signature
 from ..snapshot import Snapshot
 from . import process
 from .qmp import QmpCommandError
@@ -102,14 +103,6 @@ def parse_cpu_list(text):
         if {"cpu family", "model", "stepping"} <= i.keys():
             c["signature"] = cpuid_signature(i["cpu family"], i["model"], i["stepping"])
     return cpus
-
-
-def cpuid_signature(family, model, stepping):
-    """CPUID(1).EAX from the display family/model/stepping Linux prints."""
-    base_fam = min(family, 0xF)
-    ext_fam = family - 0xF if family >= 0xF else 0
-    base_model, ext_model = model & 0xF, model >> 4
-    return (ext_fam << 20) | (ext_model << 16) | (base_fam << 8) | (base_model << 4) | stepping
 
 
 class QemuBackend(Backend):
