@@ -48,6 +48,19 @@ SMI_FEATURE_NAMES = {
     "cpu_hotplug": SMI_F_CPU_HOTPLUG,
     "cpu_hotunplug": SMI_F_CPU_HOT_UNPLUG,
 }
+
+
+def smi_feature_mask(features):
+    """The feature bits of a ``{name: on}`` mapping (what the host offers)."""
+    return sum(bit for name, bit in SMI_FEATURE_NAMES.items() if features.get(name))
+
+
+def smi_feature_names(mask):
+    """The names of the feature bits set in ``mask``, in SMI_FEATURE_NAMES order (the
+    model's negotiation and the snapshot decoder report features by these names)."""
+    return [name for name, bit in SMI_FEATURE_NAMES.items() if mask & bit]
+
+
 # ICH9-LPC properties that switch host features (hw/isa/lpc_ich9.c)
 SMI_FEATURE_PROPERTIES = {
     "broadcast": "x-smi-broadcast",

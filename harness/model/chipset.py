@@ -20,18 +20,6 @@ FWCFG_REQUESTED = "etc/smi/requested-features"
 FWCFG_FEATURES_OK = "etc/smi/features-ok"
 
 
-def host_features(smi_features: dict) -> int:
-    mask = 0
-    for name, bit in hw.SMI_FEATURE_NAMES.items():
-        if smi_features.get(name):
-            mask |= bit
-    return mask
-
-
-def feature_names(mask: int) -> list:
-    return [name for name, bit in hw.SMI_FEATURE_NAMES.items() if mask & bit]
-
-
 class Mch:
     """Q35 host bridge registers that matter for SMRAM (facts §3)."""
 
@@ -144,7 +132,7 @@ class Lpc:
     """
 
     def __init__(self, smi_features: dict, smi_sink):
-        self.host = host_features(smi_features)
+        self.host = hw.smi_feature_mask(smi_features)
         self.smi_sink = smi_sink
         self.apm_cnt = 0
         self.apm_sts = 0
@@ -190,7 +178,7 @@ class Lpc:
 
     def features(self):
         return {"requested": self.requested, "negotiated": self.negotiated,
-                "ok": bool(self.features_ok), "names": feature_names(self.negotiated)}
+                "ok": bool(self.features_ok), "names": hw.smi_feature_names(self.negotiated)}
 
     # --- QEMU's pre-plug / unplug-request checks (facts §2.3) -----------------------
     def device_add_refusal(self):

@@ -163,7 +163,7 @@ def decode_lpc(stream):
     requested = int.from_bytes(req_le, "little") if isinstance(req_le, bytes) else 0
     negotiated = lpc.field("smi_negotiated_features", 0)
     ok = bool(lpc.field("smi_features_ok", 0))
-    names = [n for n, bit in hw.SMI_FEATURE_NAMES.items() if negotiated & bit]
+    names = hw.smi_feature_names(negotiated)
     feats = {"requested": requested, "negotiated": negotiated, "ok": ok, "names": names}
     return regs, feats
 
