@@ -22,13 +22,11 @@ import dataclasses
 import fcntl
 import gzip
 import hashlib
-import io
 import json
 import lzma
 import os
 import re
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
@@ -36,6 +34,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from harness.errors import HarnessError
+from harness.newc import NEWC_MAGICS
+from harness.newc import TreeWriter as CpioWriter  # noqa: F401  (tests build archives)
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO / "images"
@@ -153,61 +153,6 @@ def _find_deb(debs: Path, package: str, version: str) -> Optional[Path]:
         if p.name.startswith(f"{package}_{_deb_version(version)}_") or p.name.startswith(f"{package}_{version}_"):
             return p
     return None
-
-
-# ---------------------------------------------------------------- newc cpio writer
-
-
-class CpioWriter:
-    """Minimal writer of the SVR4 "newc" cpio format the kernel unpacks."""
-
-    def __init__(self):
-        self._buf = io.BytesIO()
-        self._ino = 300000
-        self._names = set()
-
-    def _entry(self, name: str, mode: int, data: bytes = b"", nlink: int = 1, rdev: Tuple[int, int] = (0, 0)):
-        name = name.lstrip("/") or "."
-        if name in self._names:
-            return
-        self._names.add(name)
-        self._ino += 1
-        encoded = name.encode() + b"\0"
-        fields = [self._ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0]
-        header = b"070701" + b"".join(b"%08X" % f for f in fields)
-        self._write_padded(header + encoded)
-        self._write_padded(data)
-
-    def _write_padded(self, data: bytes):
-        self._buf.write(data)
-        pad = -self._buf.tell() % 4
-        self._buf.write(b"\0" * pad)
-
-    def dir(self, name: str, mode: int = 0o755):
-        parts = name.strip("/").split("/")
-        for i in range(1, len(parts) + 1):
-            self._entry("/".join(parts[:i]), stat.S_IFDIR | mode, nlink=2)
-
-    def _parent(self, name: str):
-        parent = os.path.dirname(name.strip("/"))
-        if parent:
-            self.dir(parent)
-
-    def file(self, name: str, data: bytes, mode: int = 0o644):
-        self._parent(name)
-        self._entry(name, stat.S_IFREG | mode, data)
-
-    def symlink(self, name: str, target: str):
-        self._parent(name)
-        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
-
-    def chardev(self, name: str, major: int, minor: int, mode: int = 0o600):
-        self._parent(name)
-        self._entry(name, stat.S_IFCHR | mode, rdev=(major, minor))
-
-    def finish(self) -> bytes:
-        self._entry("TRAILER!!!", 0, nlink=1)
-        return self._buf.getvalue()
 
 
 # ---------------------------------------------------------------- kernel modules
@@ -449,7 +394,7 @@ def build_image(force: bool = False, early_cpio: Optional[bytes] = None, log: Ca
 def _build_image(force, early_cpio, log, build_dir: Path) -> ImagePaths:
     if early_cpio is not None and not isinstance(early_cpio, (bytes, bytearray)):
         raise HarnessError("early_cpio must be bytes (an uncompressed newc archive)")
-    if early_cpio is not None and early_cpio[:6] not in (b"070701", b"070702"):
+    if early_cpio is not None and early_cpio[:6] not in NEWC_MAGICS:
         raise HarnessError("early_cpio is not an uncompressed newc cpio archive")
     inputs = _inputs(log, build_dir)
     key = image_key(inputs, early_cpio)
