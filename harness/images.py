@@ -46,7 +46,7 @@ BUSYBOX_PKG = "busybox-static"
 MODULES = ("msr",)
 RECIPE_FILES = ("init", "agent.sh")
 
-# Kernel command line that suits the image: serial console, silent boot (the agent owns
+# The guest kernel's one command line (QemuVM's default too): it suits the image: serial console, silent boot (the agent owns
 # ttyS0), no reboot on panic (QEMU runs with -no-reboot, so it exits), and a few
 # options that shave time off a TCG boot (measured: kernel start -> agent banner went
 # from ~1.0 s to ~0.6 s; rodata=off skips the W+X scan, cryptomgr.notests the crypto

@@ -22,7 +22,7 @@ from ..microcode.cpuid import cpuid_signature
 from ..snapshot import Snapshot
 from . import process
 from .qmp import QmpCommandError
-from .vm import KERNEL_CMDLINE, QemuVM
+from .vm import QemuVM
 
 # Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
 COMMAND_TIMEOUT = 30.0
@@ -139,7 +139,7 @@ class QemuBackend(Backend):
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
                          run_dir=run_dir, accel=accel, kernel=image.kernel,
                          initrd=image.initrd,
-                         cmdline=getattr(image, "cmdline", None) or KERNEL_CMDLINE)
+                         cmdline=image.cmdline)
         self.vm.launch()
         try:
             self.vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})

@@ -19,12 +19,12 @@ import pexpect.fdpexpect
 from .. import hw
 from ..errors import ConfigError, QemuCrashed, QemuError
 from .. import settings
+from ..images import DEFAULT_CMDLINE
 from ..machine import MachineConfig
 from . import process
 from .qmp import QmpSession
 
 SOCK_PARENT = "/tmp" if os.path.isdir("/tmp") else None
-KERNEL_CMDLINE = "console=ttyS0 panic=0 quiet loglevel=3 nokaslr"
 
 
 # Single-threaded TCG runs every vCPU round-robin on one host thread. With more vCPUs
@@ -52,7 +52,7 @@ def cpu_arg(model, props):
 
 class QemuVM:
     def __init__(self, *, binary, machine: MachineConfig, firmware, profile, run_dir,
-                 accel, kernel=None, initrd=None, cmdline=KERNEL_CMDLINE):
+                 accel, kernel=None, initrd=None, cmdline=DEFAULT_CMDLINE):
         self.binary = binary
         self.machine = machine
         self.firmware = firmware          # firmware.FirmwareImages
