@@ -3,7 +3,7 @@ microcode): a 110-byte ASCII header, the NUL-terminated name and the data, each 
 to 4 bytes, and a ``TRAILER!!!`` entry (Documentation/driver-api/early-userspace/
 buffer-format.rst; usr/gen_init_cpio.c; lib/earlycpio.c).
 
-Why a module: the guest image's initramfs (:mod:`harness.images`) and the
+Why a module: the guest image's initramfs (:mod:`harness.qemu.image.initramfs`) and the
 early-microcode archive (:mod:`harness.microcode.cpio`) are both newc archives. The
 header layout and the padding are written here once; each caller decides its own
 inode numbers, modes and times (the microcode archive must match ``iucode_tool``'s

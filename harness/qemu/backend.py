@@ -134,7 +134,7 @@ class QemuBackend(Backend):
         accel = process.resolve_accel(binary, machine.accel)
         profile, images = fwmod.resolve(machine.firmware, self.ovmf_code, self.ovmf_vars,
                                         version=self.firmware_version)
-        from ..images import build_image   # builds on first use, cached after
+        from .image import build_image   # builds on first use, cached after
         image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
                          run_dir=run_dir, accel=accel, kernel=image.kernel,
