@@ -14,6 +14,7 @@ import yaml
 
 from . import firmware as fwmod
 from . import known_bugs
+from .checks import CHECK_ARGS, backend_problems
 from .errors import ConfigError, ScenarioError
 from .machine import (ACCELS, CPUS_RANGE, SMI_FEATURES, TSEG_MBYTES_RANGE,
                       CpuPlug, MachineConfig, parse_memory)
@@ -21,14 +22,7 @@ from .machine import (ACCELS, CPUS_RANGE, SMI_FEATURES, TSEG_MBYTES_RANGE,
 OUTCOMES = ("pass", "refused", "hang", "fail", "crash")
 STEP_OPS = ("boot", "coldplug", "hotplug", "unplug", "online", "offline", "smi", "guest",
             "snapshot", "wait", "reset", "check")
-CHECKS = {
-    # name: kind of argument (None = takes none)
-    "smbase_relocated": None, "smbase_in_tseg": None, "smbase_tiles_disjoint": None,
-    "no_cpu_in_smm": None, "smi_delivered": None, "smbase_unchanged": None, "smi_features": "names",
-    "cpus_present": "int", "cpus_online": "int", "tseg_locked": None,
-    "guest_alive": None, "microcode_uniform": None, "microcode_revision": "int",
-    "microcode_guest": None,
-}
+CHECKS = CHECK_ARGS       # name -> kind of argument (None = takes none): checks.CHECK_TABLE
 # Verdicts of steps other than `check`, which a `fail` expectation may name too.
 STEP_VERDICTS = {"guest": "a guest step's exit status or output",
                  "cpu_removed": "an unplug step's CPU still in its slot"}
@@ -468,6 +462,9 @@ def load(path) -> Scenario:
     _check_order(ctx, steps)
     accels = _choices(ctx, top, "accel", ("tcg", "kvm"), "accelerator")
     backends = _choices(ctx, top, "backends", ("qemu", "model"), "backend")
+    for i, s in enumerate(steps, 1):        # checks.CHECK_TABLE says which backends run a check
+        for problem in backend_problems(s.args["checks"] if s.op == "check" else [], backends):
+            raise ctx.err(s.line, f"steps[{i}].check", problem)
     expect = {}
     if "expect" in top:
         en = top["expect"]
