@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from harness.errors import HarnessError
+from harness.hostio import last_line
 
 _log = logging.getLogger(__name__)
 
@@ -39,15 +40,6 @@ class Apt:
         except subprocess.TimeoutExpired:
             raise HarnessError(f"{' '.join(argv)} did not finish within {timeout:.0f}s")
 
-    @staticmethod
-    def last_line(proc: subprocess.CompletedProcess) -> str:
-        lines = [l.strip() for l in (proc.stderr + "\n" + proc.stdout).splitlines() if l.strip()]
-        errors = [l for l in lines if l.startswith("E:")]
-        if errors:
-            return errors[-1]
-        lines = [l for l in lines if not l.startswith("W:")] or lines
-        return lines[-1] if lines else f"exit status {proc.returncode}"
-
     @classmethod
     def update(cls, log) -> None:
         if cls.updated:
@@ -56,7 +48,7 @@ class Apt:
         log("images: apt-get update")
         proc = cls._run(["apt-get", "update"])
         if proc.returncode != 0:
-            raise HarnessError(f"apt-get update failed: {cls.last_line(proc)}")
+            raise HarnessError(f"apt-get update failed: {last_line(proc)}")
 
     @classmethod
     def kernel_package(cls, log) -> str:
@@ -67,7 +59,7 @@ class Apt:
                 return names[0]
             if attempt == 0:
                 cls.update(log)
-        raise HarnessError(f"cannot resolve the kernel package {KERNEL_META} depends on: {cls.last_line(proc)}")
+        raise HarnessError(f"cannot resolve the kernel package {KERNEL_META} depends on: {last_line(proc)}")
 
     @classmethod
     def candidate(cls, package: str, log) -> str:
@@ -78,7 +70,7 @@ class Apt:
                 return m.group(1)
             if attempt == 0:
                 cls.update(log)
-        why = cls.last_line(proc) if proc.returncode else "no installable candidate"
+        why = last_line(proc) if proc.returncode else "no installable candidate"
         raise HarnessError(f"cannot resolve {package}: {why}")
 
     @classmethod
@@ -95,7 +87,7 @@ class Apt:
                 proc = cls._run(["apt-get", "download", f"{package}={version}"], cwd=Path(tmp))
             got = sorted(Path(tmp).glob(f"{package}_*.deb"))
             if proc.returncode != 0 or not got:
-                raise HarnessError(f"cannot download {package}={version}: {cls.last_line(proc)}")
+                raise HarnessError(f"cannot download {package}={version}: {last_line(proc)}")
             dest = debs / got[0].name
             os.replace(got[0], dest)
         return dest
@@ -164,4 +156,4 @@ def extract(deb: Path, dest: Path):
     except FileNotFoundError:
         raise HarnessError("dpkg-deb not found: building the guest image needs a Debian/Ubuntu host")
     if proc.returncode != 0:
-        raise HarnessError(f"cannot unpack {deb.name}: {Apt.last_line(proc)}")
+        raise HarnessError(f"cannot unpack {deb.name}: {last_line(proc)}")

@@ -14,9 +14,7 @@ kept in ``images/build/debs/``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import json
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from harness.errors import HarnessError
+from harness.hostio import exclusive_lock
 from harness.newc import NEWC_MAGICS
 
 from . import apt, initramfs, modules
@@ -91,17 +90,6 @@ def _load(out: Path) -> Optional[ImagePaths]:
     return None
 
 
-@contextlib.contextmanager
-def _lock(build_dir: Path):
-    build_dir.mkdir(parents=True, exist_ok=True)
-    with open(build_dir / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_image(force: bool = False, early_cpio: Optional[bytes] = None, log: Callable[[str], None] = print,
                 build_dir: Optional[Path] = None) -> ImagePaths:
     """Build (or find cached) the guest kernel + initrd. See the module docstring.
@@ -127,7 +115,7 @@ def _build_image(force, early_cpio, log, build_dir: Path) -> ImagePaths:
         cached = _load(out)
         if cached:
             return cached
-    with _lock(build_dir):
+    with exclusive_lock(build_dir / ".lock"):
         if not force:
             cached = _load(out)
             if cached:
