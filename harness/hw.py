@@ -61,6 +61,10 @@ def smi_feature_names(mask):
     return [name for name, bit in SMI_FEATURE_NAMES.items() if mask & bit]
 
 
+# fw_cfg files through which OVMF negotiates them (hw/isa/lpc_ich9.c ich9_lpc_pm_init)
+FWCFG_SMI_SUPPORTED = "etc/smi/supported-features"
+FWCFG_SMI_REQUESTED = "etc/smi/requested-features"
+FWCFG_SMI_FEATURES_OK = "etc/smi/features-ok"
 # ICH9-LPC properties that switch host features (hw/isa/lpc_ich9.c)
 SMI_FEATURE_PROPERTIES = {
     "broadcast": "x-smi-broadcast",
@@ -165,6 +169,8 @@ FLASH_BLOCK_SIZE = 0x1000
 
 # --- Intel microcode MSRs (Intel SDM Vol. 4) ----------------------------------------
 MSR_IA32_PLATFORM_ID = 0x17
+PLATFORM_ID_SHIFT = 50            # IA32_PLATFORM_ID bits 52:50 hold the platform id
+PLATFORM_ID_MASK = 0x7
 MSR_IA32_BIOS_UPDT_TRIG = 0x79
 MSR_IA32_BIOS_SIGN_ID = 0x8B
 MSR_AMD64_PATCH_LOADER = 0xC0010020

@@ -7,10 +7,7 @@ quirks (facts §1.5, §2.2). Keeping the bit arithmetic here means it is written
 
 from collections import namedtuple
 
-from harness.hw import MSR_IA32_PLATFORM_ID  # noqa: F401  (documents where pf comes from)
-
-PLATFORM_ID_SHIFT = 50     # MSR 0x17 bits 52:50 hold the platform id (facts §1.5)
-PLATFORM_ID_MASK = 0x7
+from harness.hw import PLATFORM_ID_MASK, PLATFORM_ID_SHIFT  # MSR 0x17 bits 52:50 (facts §1.5)
 
 
 Signature = namedtuple("Signature", "family model stepping")

@@ -14,12 +14,6 @@ MSG_SOCKET_RANGE = "Invalid CPU socket-id: {slot} must be in range 0:{last}"
 MSG_DEVICE_NOT_FOUND = "Device '{id}' not found"
 
 
-# fw_cfg file names (hw/isa/lpc_ich9.c)
-FWCFG_SUPPORTED = "etc/smi/supported-features"
-FWCFG_REQUESTED = "etc/smi/requested-features"
-FWCFG_FEATURES_OK = "etc/smi/features-ok"
-
-
 class Mch:
     """Q35 host bridge registers that matter for SMRAM (facts §3)."""
 
@@ -152,7 +146,7 @@ class Lpc:
     def fw_cfg_files(self):
         if self.host == 0:
             return {}
-        return {FWCFG_SUPPORTED: 8, FWCFG_REQUESTED: 8, FWCFG_FEATURES_OK: 1}
+        return {hw.FWCFG_SMI_SUPPORTED: 8, hw.FWCFG_SMI_REQUESTED: 8, hw.FWCFG_SMI_FEATURES_OK: 1}
 
     def read_supported(self):
         return self.host
