@@ -40,11 +40,8 @@ for a download or unpack that failed (with apt's last meaningful line).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -59,8 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from . import settings
+from . import hw, settings
 from .errors import ConfigError, HarnessError
+from .hostio import exclusive_lock as _lock, last_line, sha256_file
 
 _log = logging.getLogger(__name__)
 
@@ -228,14 +226,6 @@ def cache_root() -> Path:
     return settings.cache_dir() / "builds"
 
 
-def sha256_file(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 _hashes: Dict[Tuple[str, int, int], str] = {}
 
 
@@ -263,30 +253,6 @@ def _run(argv: Sequence[str], timeout: float = 600, **kw) -> subprocess.Complete
     except subprocess.TimeoutExpired:
         raise HarnessError(f"{Path(str(argv[0])).name} did not finish within "
                            f"{timeout:.0f} s") from None
-
-
-def last_line(proc: subprocess.CompletedProcess) -> str:
-    """The line of a tool's output that says what went wrong: apt's last ``E:`` line,
-    else the last line that is not a warning."""
-    lines = [l.strip() for l in ((proc.stderr or "") + "\n" + (proc.stdout or "")).splitlines()
-             if l.strip()]
-    errors = [l for l in lines if l.startswith("E:")]
-    if errors:
-        return errors[-1]
-    lines = [l for l in lines if not l.startswith(("W:", "N:", "I:"))] or lines
-    return lines[-1] if lines else f"exit status {proc.returncode}"
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive fcntl lock on ``path`` (created), held for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _mount_points() -> List[str]:
@@ -718,8 +684,8 @@ def qmp_probe(binary: Union[str, Path], timeout: float = 30) -> Optional[str]:
     return None
 
 
-FVH_OFFSET = 0x28
-BLOCK = 0x1000
+FVH_OFFSET = hw.FVH_SIGNATURE_OFFSET
+BLOCK = hw.FLASH_BLOCK_SIZE
 
 
 def ovmf_image_problem(path: Union[str, Path], min_size: int = 1 << 20) -> Optional[str]:

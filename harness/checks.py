@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import hw
 from .snapshot import Snapshot
@@ -61,7 +62,7 @@ def needs_smbase(check):
 @needs_smbase
 def smbase_relocated(ctx, arg):
     bad = [c.index for c in ctx.snapshot.cpus if c.smbase == hw.DEFAULT_SMBASE]
-    return CheckResult("smbase_relocated", not bad, "no CPU at SMBASE 0x30000",
+    return CheckResult("smbase_relocated", not bad, f"no CPU at SMBASE {hw.DEFAULT_SMBASE:#x}",
                        {c.index: _hex(c.smbase) for c in ctx.snapshot.cpus},
                        f"CPU {', '.join(map(str, bad))} still at the default SMBASE"
                        if bad else "", bad)
@@ -250,10 +251,52 @@ def microcode_guest(ctx, arg):
                        observed, "; ".join(why), sorted(set(disagree) | set(odd)))
 
 
-CHECK_FUNCTIONS = {f.__name__: f for f in (
-    smbase_relocated, smbase_in_tseg, smbase_tiles_disjoint, no_cpu_in_smm, smi_delivered,
-    smbase_unchanged, smi_features, cpus_present, cpus_online, tseg_locked, guest_alive, microcode_uniform,
-    microcode_revision, microcode_guest)}
+# --- the table of checks ---------------------------------------------------------------
+BACKENDS = ("qemu", "model")
+ARG_KINDS = (None, "int", "names")    # none, an integer >= 0, a list of SMI feature names
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check as scenarios name it: the function (its name is the check's name), the
+    kind of argument the loader accepts (``ARG_KINDS``) and the backends that can run
+    it (a scenario that runs on another backend is refused by the loader)."""
+    function: Callable
+    arg: str | None = None
+    backends: tuple = BACKENDS
+
+    @property
+    def name(self):
+        return self.function.__name__
+
+
+# A new check is a function above and one row here; the scenario loader (scenario.CHECKS)
+# and the runner (run_check) read nothing else.
+CHECK_TABLE = {c.name: c for c in (
+    Check(smbase_relocated),
+    Check(smbase_in_tseg),
+    Check(smbase_tiles_disjoint),
+    Check(no_cpu_in_smm),
+    Check(smi_delivered),
+    Check(smbase_unchanged),
+    Check(smi_features, "names"),
+    Check(cpus_present, "int"),
+    Check(cpus_online, "int"),
+    Check(tseg_locked),
+    Check(guest_alive),
+    Check(microcode_uniform),
+    Check(microcode_revision, "int"),
+    Check(microcode_guest),
+)}
+CHECK_ARGS = {name: c.arg for name, c in CHECK_TABLE.items()}        # name -> argument kind
+CHECK_FUNCTIONS = {name: c.function for name, c in CHECK_TABLE.items()}
+
+
+def backend_problems(step_checks, backends):
+    """For the loader: each check of a step that a backend the scenario runs on cannot
+    run, as ``"check NAME: not on BACKEND"``."""
+    return [f"check {c['name']}: not on {b}" for c in step_checks for b in backends
+            if b not in CHECK_TABLE[c["name"]].backends]
 
 
 def run_check(name, arg, ctx: CheckContext) -> CheckResult:

@@ -150,8 +150,9 @@ def build_parser():
     _add_run_options(pr, backend=False)
     pr.set_defaults(func=cmd_probe)
 
-    from . import builds, images, matrix
-    images.register(sub)
+    from . import builds, matrix
+    from .qemu.image import cli as images_cli
+    images_cli.register(sub)
     builds.register(sub)
     matrix.register(sub)
     try:

@@ -18,7 +18,6 @@ real boot showed (:func:`learn_identity`, cached by sha256).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from . import hw
 from .errors import ConfigError
+from .hostio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,6 @@ class FirmwareIdentity:
         d["layout"] = layout_from_dict(d.get("layout"))
         keep = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         return cls(**keep)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _known_images():

@@ -28,8 +28,10 @@ APM_CNT_PORT = 0xB2               # write raises SMI when SMI_EN.APMC_EN
 APM_STS_PORT = 0xB3               # scratch byte
 APM_CNT_ACPI_ENABLE = 0x02        # FADT SMI_CMD values: no SMI is raised for these
 APM_CNT_ACPI_DISABLE = 0x03
+# hw/isa/apm.c + lpc_ich9.c ich9_apm_ctrl_changed: these two values of APM_CNT switch
+# ACPI mode and are the only ones that do not raise an SMI
+APM_NO_SMI = (APM_CNT_ACPI_ENABLE, APM_CNT_ACPI_DISABLE)
 APM_CNT_CPU_HOTPLUG = 0x04        # OVMF_CPUHP_SMI_CMD / ICH9_APM_CNT_CPU_HOTPLUG
-ICH9_PMBASE_VALUE = 0x600         # OvmfPkg/Include/OvmfPlatforms.h
 SMI_EN_OFFSET = 0x30              # SMI_EN = PMBASE + 0x30
 SMI_EN_GBL_SMI = 1 << 0
 SMI_EN_APMC = 1 << 5
@@ -46,6 +48,23 @@ SMI_FEATURE_NAMES = {
     "cpu_hotplug": SMI_F_CPU_HOTPLUG,
     "cpu_hotunplug": SMI_F_CPU_HOT_UNPLUG,
 }
+
+
+def smi_feature_mask(features):
+    """The feature bits of a ``{name: on}`` mapping (what the host offers)."""
+    return sum(bit for name, bit in SMI_FEATURE_NAMES.items() if features.get(name))
+
+
+def smi_feature_names(mask):
+    """The names of the feature bits set in ``mask``, in SMI_FEATURE_NAMES order (the
+    model's negotiation and the snapshot decoder report features by these names)."""
+    return [name for name, bit in SMI_FEATURE_NAMES.items() if mask & bit]
+
+
+# fw_cfg files through which OVMF negotiates them (hw/isa/lpc_ich9.c ich9_lpc_pm_init)
+FWCFG_SMI_SUPPORTED = "etc/smi/supported-features"
+FWCFG_SMI_REQUESTED = "etc/smi/requested-features"
+FWCFG_SMI_FEATURES_OK = "etc/smi/features-ok"
 # ICH9-LPC properties that switch host features (hw/isa/lpc_ich9.c)
 SMI_FEATURE_PROPERTIES = {
     "broadcast": "x-smi-broadcast",
@@ -63,6 +82,7 @@ SCI_GSI = 9
 # --- Q35 MCH host bridge config space (include/hw/pci-host/q35.h) ------------------
 MCH_EXT_TSEG_MBYTES = 0x50        # 16-bit; 0xFFFF = query
 MCH_EXT_TSEG_QUERY = 0xFFFF
+MCH_EXT_TSEG_MBYTES_MAX = 0xFFF   # hw/pci-host/q35.c mch_realize: larger is refused
 MCH_F_SMBASE = 0x9C               # SMRAM at default SMBASE
 MCH_F_SMBASE_QUERY = 0xFF
 MCH_F_SMBASE_IN_RAM = 0x01
@@ -97,6 +117,10 @@ def tseg_size_bytes(esmramc, smram, ext_tseg_mbytes):
 
 MCH_TOLUD = 0xB0                  # 16-bit, bits 15:4 = address bits 31:20
 MCH_TSEGMB = 0xAC
+MCH_TOLUD_MASK = 0xFFF0           # TOLUD and TSEGMB: bits 15:4 are writable
+# hw/i386/pc_q35.c pc_q35_init: RAM of 0xB0000000 or more is split, 2 GiB below 4 GiB
+Q35_LOWMEM_SPLIT = 0xB0000000
+Q35_LOWMEM_WHEN_SPLIT = 0x80000000
 
 # --- QEMU modern CPU hot-plug register block (docs/specs/acpi_cpu_hotplug.rst) -----
 CPUHP_BASE = 0x0CD8               # ICH9_CPU_HOTPLUG_BASE
@@ -114,8 +138,13 @@ CPUHP_CMD_GET_NEXT = 0
 CPUHP_CMD_OST_EVENT = 1
 CPUHP_CMD_OST_STATUS = 2
 CPUHP_CMD_GET_ARCH_ID = 3
+CPUHP_LEGACY_LEN = 32             # legacy (pre-modern) CPU present bitmap block length
 
-# --- OVMF (OvmfPkg/CpuHotplugSmm) ---------------------------------------------------
+# --- OVMF and the edk2 code it is built from -----------------------------------------
+# OvmfPkg/Include/OvmfPlatforms.h: where OVMF's PlatformPei puts the ICH9 PM I/O block
+ICH9_PMBASE_VALUE = 0x600
+SMI_EN_PORT = ICH9_PMBASE_VALUE + SMI_EN_OFFSET
+# OvmfPkg/CpuHotplugSmm
 FIRST_SMI_CONTEXT = DEFAULT_SMBASE            # FIRST_SMI_HANDLER_CONTEXT at 0x30000
 FIRST_SMI_HANDLER = DEFAULT_SMBASE + SMI_ENTRY_OFFSET  # copied to 0x38000
 APIC_ID_GATE_CLOSED = 0xFFFF_FFFF_FFFF_FFFF   # MAX_UINT64
@@ -123,17 +152,25 @@ INVALID_APIC_ID = 0xFFFF_FFFF_FFFF_FFFF
 OVMF_Q35_TSEG_MBYTES_DEFAULT = 8  # PcdQ35TsegMbytes: used when the ext-TSEG query fails
 OVMF_POST_SMM_PEN = 0x9F000       # CpuHotplugSmm pen page (observed CS=9f00 in the hang)
 OVMF_PEN_FLAG_OFFSET = 0xFFF      # last byte of the pen page: "SMM vacated" flag
-
-# --- edk2 SMBASE tiles (UefiCpuPkg PiSmmCpuDxeSmm / SmmRelocationLib) -----------------
+# OvmfPkg/OvmfPkgX64.dsc PcdDebugIoPort: OVMF's DEBUG() output goes to this I/O port,
+# where QEMU's isa-debugcon must listen (its own default iobase is 0xE9)
+OVMF_DEBUG_IO_PORT = 0x402
+# UefiCpuPkg PiSmmCpuDxeSmm / SmmRelocationLib: SMBASE tiles.
 # TileSize = 2 * 2^ceil(log2(TileCodeSize + TileDataSize)): 0x2000 in OVMF, both
 # generations (PiSmmCpuDxeSmm.c SmmRelocateBases; SmmRelocationLib.c SmmRelocationInit)
 EDK2_SMM_TILE_SIZE = 0x2000
 # OvmfPkg/PlatformPei/MemDetect.c CreateSmmSmramMemoryHob (>= stable202405): the last
 # SMRAM descriptor's CpuStart = TsegBase + EFI_PAGE_SIZE, where SmmRelocationLib puts tile 0
 EDK2_PEI_SMM_CPU_START_OFFSET = 0x1000
+# PI spec vol. 3 EFI_FIRMWARE_VOLUME_HEADER: the "_FVH" signature at offset 0x28 of a
+# volume; OVMF's volumes start on 4 KiB blocks of the flash image
+FVH_SIGNATURE_OFFSET = 0x28
+FLASH_BLOCK_SIZE = 0x1000
 
 # --- Intel microcode MSRs (Intel SDM Vol. 4) ----------------------------------------
 MSR_IA32_PLATFORM_ID = 0x17
+PLATFORM_ID_SHIFT = 50            # IA32_PLATFORM_ID bits 52:50 hold the platform id
+PLATFORM_ID_MASK = 0x7
 MSR_IA32_BIOS_UPDT_TRIG = 0x79
 MSR_IA32_BIOS_SIGN_ID = 0x8B
 MSR_AMD64_PATCH_LOADER = 0xC0010020
@@ -142,6 +179,7 @@ MSR_AMD64_PATCH_LOADER = 0xC0010020
 SMM_REVISION_ID_X86_64 = 0x00020064   # save-state revision word at SMBASE + 0xFEFC
 SMM_REVISION_SMBASE_RELOC = 1 << 17   # revision bit: RSM reloads SMBASE from the save state
 SAVE_STATE_SMBASE_FIELD = 0xFF00      # SMBASE field, offset from SMBASE (x86_64 layout)
+SAVE_STATE_SMBASE_FIELD_32 = 0xFEF8   # the same field in the 32-bit (revision 0) layout
 
 # --- QEMU CPU model defaults (qemu target/i386/cpu.c; microcode-facts.md §3.3) -------
 QEMU_UCODE_REV_AMD_DEFAULT = 0x01000065      # ucode-rev default for AMD-vendor models
@@ -149,5 +187,10 @@ QEMU_UCODE_REV_INTEL_DEFAULT = 0x1_0000_0000  # ucode-rev default for Intel mode
 QEMU64_FAMILY = 15                # qemu64: AMD vendor, family 15 model 107 stepping 1
 QEMU64_MODEL = 107
 QEMU64_STEPPING = 1
-
-CPUHP_LEGACY_LEN = 32             # legacy (pre-modern) CPU present bitmap block length
+# builtin_x86_defs: the CPU models the harness knows, name -> (vendor, family, model,
+# stepping); "vendor" as the model names it (the guest reads AuthenticAMD/GenuineIntel)
+QEMU_CPU_MODELS = {
+    "qemu64": ("AMD", QEMU64_FAMILY, QEMU64_MODEL, QEMU64_STEPPING),
+    "kvm64": ("Intel", 15, 6, 1),
+    "Skylake-Client": ("Intel", 6, 94, 3),
+}

@@ -14,12 +14,16 @@ A bug can also be fixed by a patch series of ours (``contrib/qemu/``, built by
 marker, which such a build carries in its ``--version`` (configure's
 ``--with-pkgversion``: ``QEMU emulator version 7.2.22 (Debian ...+smm-fix)``), and the
 harness's QEMU version then reads ``7.2.22+smm-fix``: same release, without the bug.
+
+Where both backends must word a bug's symptom alike (so one scenario expectation holds
+for both), the wording is here too, after the table (``explain_lost_sci``).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from . import hw
 from .errors import ConfigError
 
 _CMP = re.compile(r"^\s*(<=|>=|==|<|>)\s*([0-9][0-9.]*)\s*$")
@@ -187,3 +191,36 @@ def model_defects_for(accel, qemu_version, firmware_edk2=None):
     """The QemuDefects flags of the bugs a build has (for the model)."""
     return {b.model_defect for b in BUGS
             if b.model_defect and b.affects(accel, qemu_version, firmware_edk2)}
+
+
+# --- apic-logical-delivery-hole: one wording for a lost ACPI SCI ----------------------
+# Shared by the QEMU backend's diagnosis (harness/qemu/irq_diag.py, from HMP) and the
+# model (which knows it directly), so a scenario can expect the same message from both.
+# Why an SCI gets lost: QEMU before 9.0 delivers a logical-destination interrupt by
+# walking ``local_apics[]`` from APIC id 0 and stopping at the first empty slot
+# (hw/intc/apic.c apic_get_delivery_bitmask, ``else break``). Once a CPU is unplugged,
+# CPUs with a higher APIC id cannot receive such interrupts. The SCI is level triggered:
+# the IOAPIC keeps Remote IRR set until an EOI that never comes, so the pin never fires
+# again and no ACPI event (hot-plug, hot-unplug, power button) reaches the guest.
+
+LOST_SCI_SYMPTOM = "Remote IRR stays set, no further ACPI event can reach the guest"
+
+
+def explain_lost_sci(dest, logical, targets, holes, vector=None) -> str:
+    """dest: the IOAPIC entry's destination; targets: cpu indexes it names; holes: APIC
+    ids missing below the highest present one."""
+    mode = "logical" if logical else "physical"
+    vec = f", vector {vector}" if vector is not None else ""
+    text = (f"SCI (GSI {hw.SCI_GSI}{vec}) sent by the IOAPIC to {mode} destination "
+            f"{dest:#04x} (cpu {', '.join(map(str, targets)) or 'none'}) is in no local "
+            f"APIC: {LOST_SCI_SYMPTOM}")
+    if holes and logical:
+        text += (f"; APIC id {', '.join(map(str, holes))} is gone, and QEMU before 9.0 "
+                 f"stops its logical-destination search at the first missing APIC id")
+    return text
+
+
+def apic_id_holes(apic_ids) -> list:
+    """APIC ids missing below the highest present one (empty ``local_apics[]`` slots)."""
+    present = set(apic_ids)
+    return [i for i in range(max(present, default=-1) + 1) if i not in present]

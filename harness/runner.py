@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import __version__, known_bugs
+from .hw import APM_NO_SMI
 from .checks import CheckContext, CheckResult, run_check
 from .errors import BackendError, HarnessError, Hang, NotRemoved, QemuCrashed, Refused
 from .scenario import Expectation, Scenario, plug_of, plugs_of
 from .trace import TraceWriter
 
-APM_NO_SMI = (0x02, 0x03)   # ACPI enable/disable values of APM_CNT raise no SMI (hw.py)
 
 
 @dataclass

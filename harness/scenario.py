@@ -14,20 +14,15 @@ import yaml
 
 from . import firmware as fwmod
 from . import known_bugs
+from .checks import CHECK_ARGS, backend_problems
 from .errors import ConfigError, ScenarioError
-from .machine import ACCELS, CpuPlug, MachineConfig, parse_memory
+from .machine import (ACCELS, CPUS_RANGE, SMI_FEATURES, TSEG_MBYTES_RANGE,
+                      CpuPlug, MachineConfig, parse_memory)
 
 OUTCOMES = ("pass", "refused", "hang", "fail", "crash")
 STEP_OPS = ("boot", "coldplug", "hotplug", "unplug", "online", "offline", "smi", "guest",
             "snapshot", "wait", "reset", "check")
-CHECKS = {
-    # name: kind of argument (None = takes none)
-    "smbase_relocated": None, "smbase_in_tseg": None, "smbase_tiles_disjoint": None,
-    "no_cpu_in_smm": None, "smi_delivered": None, "smbase_unchanged": None, "smi_features": "names",
-    "cpus_present": "int", "cpus_online": "int", "tseg_locked": None,
-    "guest_alive": None, "microcode_uniform": None, "microcode_revision": "int",
-    "microcode_guest": None,
-}
+CHECKS = CHECK_ARGS       # name -> kind of argument (None = takes none): checks.CHECK_TABLE
 # Verdicts of steps other than `check`, which a `fail` expectation may name too.
 STEP_VERDICTS = {"guest": "a guest step's exit status or output",
                  "cpu_removed": "an unplug step's CPU still in its slot"}
@@ -201,16 +196,13 @@ def _machine(ctx, node):
     if "cpu_model" in m:
         cfg.cpu_model = _str(ctx, m["cpu_model"], "machine.cpu_model")
     if "cpus" in m:
-        cfg.cpus = _int(ctx, m["cpus"], "machine.cpus", 1, 255)
-    cfg.maxcpus = _int(ctx, m["maxcpus"], "machine.maxcpus", 1, 255) if "maxcpus" in m \
+        cfg.cpus = _int(ctx, m["cpus"], "machine.cpus", *CPUS_RANGE)
+    cfg.maxcpus = _int(ctx, m["maxcpus"], "machine.maxcpus", *CPUS_RANGE) if "maxcpus" in m \
         else cfg.cpus
-    if cfg.maxcpus < cfg.cpus:
-        raise ctx.err(m["maxcpus"], "machine.maxcpus",
-                      f"{cfg.maxcpus} is less than cpus ({cfg.cpus})")
     if "memory" in m:
         cfg.memory_mib = _memory(ctx, m["memory"], "machine.memory")
     if "tseg_mbytes" in m:
-        cfg.tseg_mbytes = _int(ctx, m["tseg_mbytes"], "machine.tseg_mbytes", 0, 0xFFF)
+        cfg.tseg_mbytes = _int(ctx, m["tseg_mbytes"], "machine.tseg_mbytes", *TSEG_MBYTES_RANGE)
     if "firmware" in m:
         cfg.firmware = _str(ctx, m["firmware"], "machine.firmware")
     if cfg.firmware not in fwmod.profile_names():
@@ -218,26 +210,20 @@ def _machine(ctx, node):
         raise ctx.err(line, "machine.firmware", f"unknown firmware profile "
                       f"{cfg.firmware!r} (known: {', '.join(fwmod.profile_names())})")
     if "smi_features" in m:
-        feats = _mapping(ctx, m["smi_features"], "machine.smi_features",
-                         {"broadcast", "cpu_hotplug", "cpu_hotunplug"})
+        feats = _mapping(ctx, m["smi_features"], "machine.smi_features", set(SMI_FEATURES))
         for k, v in feats.items():
             cfg.smi_features[k] = _bool(ctx, v, f"machine.smi_features.{k}")
-        if cfg.smi_features.get("cpu_hotunplug") and not cfg.smi_features.get("cpu_hotplug"):
-            raise ctx.err(m["smi_features"], "machine.smi_features",
-                          "cpu_hotunplug: true requires cpu_hotplug: true "
-                          "(QEMU exits: 'cpu hot-unplug requires cpu hot-plug')")
     if "cpu_props" in m:
         cfg.cpu_props = _props(ctx, m["cpu_props"], "machine.cpu_props")
     if "tcg_thread" in m:
         cfg.tcg_thread = _str(ctx, m["tcg_thread"], "machine.tcg_thread")
-        if cfg.tcg_thread not in ("single", "multi"):
-            raise ctx.err(m["tcg_thread"], "machine.tcg_thread",
-                          f"expected single or multi, got {cfg.tcg_thread!r}")
     if "extra_args" in m:
         n = m["extra_args"]
         if not isinstance(n, yaml.SequenceNode):
             raise ctx.err(n, "machine.extra_args", "expected a list of strings")
         cfg.extra_args = [_str(ctx, x, "machine.extra_args") for x in n.value]
+    for key, problem in cfg.problems():      # the rules between keys (machine.py)
+        raise ctx.err(m.get(key, node), f"machine.{key}", problem)
     return cfg
 
 
@@ -284,7 +270,7 @@ def _check_args(ctx, node, key):
                 if not isinstance(v, yaml.SequenceNode):
                     raise ctx.err(v, f"{key}.{name}", "expected a list of names")
                 arg = sorted(_str(ctx, x, f"{key}.{name}") for x in v.value)
-                bad = [a for a in arg if a not in ("broadcast", "cpu_hotplug", "cpu_hotunplug")]
+                bad = [a for a in arg if a not in SMI_FEATURES]
                 if bad:
                     raise ctx.err(v, f"{key}.{name}", f"unknown SMI feature {bad[0]!r}")
             out.append({"name": name, "arg": arg})
@@ -476,6 +462,9 @@ def load(path) -> Scenario:
     _check_order(ctx, steps)
     accels = _choices(ctx, top, "accel", ("tcg", "kvm"), "accelerator")
     backends = _choices(ctx, top, "backends", ("qemu", "model"), "backend")
+    for i, s in enumerate(steps, 1):        # checks.CHECK_TABLE says which backends run a check
+        for problem in backend_problems(s.args["checks"] if s.op == "check" else [], backends):
+            raise ctx.err(s.line, f"steps[{i}].check", problem)
     expect = {}
     if "expect" in top:
         en = top["expect"]

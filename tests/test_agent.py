@@ -180,7 +180,7 @@ def test_probe_finds_an_agent_that_started_before_we_looked(local_agent):
 
 @pytest.fixture(scope="module")
 def image():
-    from harness.images import build_image
+    from harness.qemu.image import build_image
     return build_image(log=lambda m: None)
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import images
+from harness.newc import TreeWriter
+from harness.qemu import image as images
+from harness.qemu.image import apt, build, cli, modules
 from harness.errors import HarnessError
 
 CPIO = shutil.which("cpio")
@@ -22,7 +24,7 @@ def _cpio_list(archive: bytes) -> str:
 
 @pytest.mark.skipif(not CPIO, reason="cpio tool not installed")
 def test_cpio_writer_roundtrip(tmp_path):
-    w = images.CpioWriter()
+    w = TreeWriter()
     w.file("a/b/c.txt", b"hello", 0o600)
     w.symlink("bin/sh", "busybox")
     w.chardev("dev/console", 5, 1)
@@ -66,11 +68,11 @@ def test_module_resolution_orders_dependencies(tmp_path):
     (mod / "kernel/a/msr.ko").write_bytes(_fake_ko("x-dep,builtin_one"))
     (mod / "kernel/a/x_dep.ko.xz").write_bytes(lzma.compress(_fake_ko("")))
     (mod / "modules.builtin").write_text("kernel/b/builtin_one.ko\n")
-    order = images._resolve_modules(mod, ["msr"])
+    order = modules.resolve_modules(mod, ["msr"])
     assert [rel for rel, _ in order] == ["kernel/a/x_dep.ko", "kernel/a/msr.ko"]
     assert order[0][1].startswith(b"\x7fELF")  # decompressed
     with pytest.raises(HarnessError, match="neither built in"):
-        images._resolve_modules(mod, ["nope"])
+        modules.resolve_modules(mod, ["nope"])
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def _early_cpio(tmp_path, payload=b"dummy microcode\n") -> bytes:
 
 def test_early_cpio_changes_key(tmp_path, image):
     early = _early_cpio(tmp_path)
-    inputs = images._inputs(lambda m: None, images.BUILD_DIR)
+    inputs = build._inputs(lambda m: None, images.BUILD_DIR)
     assert images.image_key(inputs, None) == image.key
     assert images.image_key(inputs, early) != image.key
     assert images.image_key(inputs, early) != images.image_key(inputs, early + b"\0" * 4)
@@ -136,8 +138,8 @@ def test_early_cpio_must_be_newc():
 
 
 def test_apt_failure_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(images._Apt, "updated", True)  # no apt-get update (network) in a test
-    monkeypatch.setattr(images, "_resolve_packages", lambda log, build_dir: {
+    monkeypatch.setattr(apt.Apt, "updated", True)  # no apt-get update (network) in a test
+    monkeypatch.setattr(apt, "resolve_packages", lambda log, build_dir: {
         "kernel_package": "linux-image-0.0.0-0-bogus-amd64", "kernel_version": "0.0-0",
         "busybox_version": "1:0"})
     with pytest.raises(HarnessError) as info:
@@ -150,7 +152,7 @@ def test_apt_failure_is_one_line(tmp_path, monkeypatch):
 
 def test_cli_register(capsys, image):
     parser = argparse.ArgumentParser(prog="smm-harness")
-    images.register(parser.add_subparsers(dest="command"))
+    cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["images", "build"])
     assert args.force is False
     assert args.func(args) == 0

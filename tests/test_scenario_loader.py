@@ -84,3 +84,16 @@ def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(ScenarioError) as e:
         scenario.load(tmp_path / "nope.yaml")
     assert str(e.value).startswith(f"{tmp_path / 'nope.yaml'}: cannot read")
+
+
+def test_machine_rules_are_one_list():
+    """The loader and MachineConfig.validate report the same rules (machine.py)."""
+    from harness.errors import ConfigError
+    from harness.machine import MachineConfig
+    bad = MachineConfig(cpus=4, maxcpus=2)
+    assert bad.problems() == [("maxcpus", "2 is less than cpus (4)")]
+    with pytest.raises(ConfigError, match=r"^maxcpus: 2 is less than cpus \(4\)$"):
+        bad.validate()
+    off = MachineConfig(smi_features={"cpu_hotplug": False, "cpu_hotunplug": True})
+    assert [k for k, _ in off.problems()] == ["smi_features"]
+    assert MachineConfig(cpus=2, maxcpus=4).validate().cpus == 2

@@ -9,7 +9,7 @@ section it implements.
 Modules, one job each:
 
 - ``checksum``  fast exact u32 word sums (the Intel checksum rule), no numpy;
-- ``cpuid``     decode CPUID(1).EAX and MSR 0x17, firmware file names;
+- ``cpuid``     encode and decode CPUID(1).EAX, MSR 0x17, firmware file names;
 - ``defects``   the error object every parser reports (offset, field, expected, found);
 - ``intel``     Intel update headers, extended tables, concatenations; ``build_update``;
 - ``amd``       AMD containers, equivalence tables, patch headers; ``build_container``;

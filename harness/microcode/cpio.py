@@ -14,14 +14,11 @@ import calendar
 import re
 from typing import NamedTuple, Optional
 
+from ..newc import NEWC_ALIGN, NEWC_HEADER_SIZE, NEWC_MAGIC, TRAILER_NAME, NewcWriter, align as _align
+from ..newc import newc_header as _newc_header
 from .amd import parse_amd
 from .intel import bcd_date_to_date, parse_intel
 
-NEWC_MAGIC = b"070701"
-NEWC_CRC_MAGIC = 0x070702
-NEWC_HEADER_SIZE = 110            # 6 + 13 * 8 ASCII characters
-NEWC_ALIGN = 4
-TRAILER_NAME = "TRAILER!!!"
 S_IFMT = 0o170000
 S_IFREG = 0o100000
 S_IFDIR = 0o040000
@@ -44,31 +41,16 @@ NOON = 12 * 3600
 _HEX_HEADER = re.compile(rb"[0-9A-Fa-f]{%d}" % NEWC_HEADER_SIZE)
 
 
-def _align(n, a):
-    return (n + a - 1) & -a
+def newc_header(name_len_with_nul, *, devmajor=DEV_MAJOR, devminor=DEV_MINOR, **fields):
+    """A newc header with iucode_tool's device numbers (3:1) unless told otherwise."""
+    return _newc_header(name_len_with_nul, devmajor=devmajor, devminor=devminor, **fields)
 
 
-def newc_header(name_len_with_nul, *, ino, mode, nlink, mtime, filesize,
-                devmajor=DEV_MAJOR, devminor=DEV_MINOR):
-    fields = (ino, mode, 0, 0, nlink, mtime, filesize, devmajor, devminor, 0, 0,
-              name_len_with_nul, 0)
-    return NEWC_MAGIC + "".join(f"{v:08X}" for v in fields).encode()
+class _Writer(NewcWriter):
+    """The newc writer with iucode_tool's device numbers as the default."""
 
-
-class _Writer:
-    def __init__(self):
-        self.buf = bytearray()
-
-    def entry(self, name, data=b"", **kw):
-        name_b = name.encode() + b"\0"
-        self.buf += newc_header(len(name_b), filesize=len(data), **kw) + name_b
-        self.buf += bytes(_align(len(self.buf), NEWC_ALIGN) - len(self.buf))
-        self.buf += data
-        self.buf += bytes(_align(len(self.buf), NEWC_ALIGN) - len(self.buf))
-
-    def data_offset_if(self, name):
-        """Offset the data of an entry named ``name`` would start at."""
-        return _align(len(self.buf) + NEWC_HEADER_SIZE + len(name) + 1, NEWC_ALIGN)
+    def entry(self, name, data=b"", devmajor=DEV_MAJOR, devminor=DEV_MINOR, **kw):
+        super().entry(name, data, devmajor=devmajor, devminor=devminor, **kw)
 
 
 def _align_dir_name(writer, stem, file_path):
@@ -156,7 +138,7 @@ def find_cpio_data(image, path) -> Optional[CpioFile]:
         if not _HEX_HEADER.fullmatch(hdr):
             return None                  # not hex: e.g. compressed data
         magic = int(hdr[:6], 16)
-        if not 0 <= magic - 0x070701 <= 1:
+        if not 0 <= magic - int(NEWC_MAGIC, 16) <= 1:   # newc or newc with CRC
             return None
         f = [int(hdr[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
         mode, filesize, namesize = f[1], f[6], f[11]

@@ -1,4 +1,4 @@
-"""CPUID(1).EAX, MSR 0x17 and MSR 0x8B decoding, and the loader's firmware file names.
+"""CPUID(1).EAX encoding and decoding, MSR 0x17 and MSR 0x8B decoding, and the loader's firmware file names.
 
 Why a module: Intel matching, AMD family rules and the file names used by the kernel all
 derive family/model/stepping from the same signature word, with vendor-specific
@@ -7,13 +7,27 @@ quirks (facts §1.5, §2.2). Keeping the bit arithmetic here means it is written
 
 from collections import namedtuple
 
-from harness.hw import MSR_IA32_PLATFORM_ID  # noqa: F401  (documents where pf comes from)
-
-PLATFORM_ID_SHIFT = 50     # MSR 0x17 bits 52:50 hold the platform id (facts §1.5)
-PLATFORM_ID_MASK = 0x7
+from harness.hw import PLATFORM_ID_MASK, PLATFORM_ID_SHIFT  # MSR 0x17 bits 52:50 (facts §1.5)
 
 
 Signature = namedtuple("Signature", "family model stepping")
+
+
+def cpuid_signature(family, model, stepping):
+    """CPUID(1).EAX from the display family/model/stepping (Intel SDM Vol. 2A, CPUID
+    "Version Information"; AMD encodes alike). Family 15 and up put family - 15 in the
+    extended family field; only families 6 and 15 and up carry model bits 7:4 in the
+    extended model field, so a family below 6 keeps model bits 3:0 only. The model, the
+    QEMU backend (from /proc/cpuinfo) and the microcode tools all encode here; the
+    inverse is :func:`decode_signature`."""
+    base_family = min(family, 0xF)
+    ext_family = family - 0xF if family >= 0xF else 0
+    if family in (6, 0xF) or family > 0xF:
+        ext_model, base_model = model >> 4, model & 0xF
+    else:
+        ext_model, base_model = 0, model & 0xF
+    return ((ext_family & 0xFF) << 20 | (ext_model & 0xF) << 16 | base_family << 8
+            | base_model << 4 | (stepping & 0xF))
 
 
 def decode_signature(eax):

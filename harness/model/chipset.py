@@ -14,24 +14,6 @@ MSG_SOCKET_RANGE = "Invalid CPU socket-id: {slot} must be in range 0:{last}"
 MSG_DEVICE_NOT_FOUND = "Device '{id}' not found"
 
 
-# fw_cfg file names (hw/isa/lpc_ich9.c)
-FWCFG_SUPPORTED = "etc/smi/supported-features"
-FWCFG_REQUESTED = "etc/smi/requested-features"
-FWCFG_FEATURES_OK = "etc/smi/features-ok"
-
-
-def host_features(smi_features: dict) -> int:
-    mask = 0
-    for name, bit in hw.SMI_FEATURE_NAMES.items():
-        if smi_features.get(name):
-            mask |= bit
-    return mask
-
-
-def feature_names(mask: int) -> list:
-    return [name for name, bit in hw.SMI_FEATURE_NAMES.items() if mask & bit]
-
-
 class Mch:
     """Q35 host bridge registers that matter for SMRAM (facts §3)."""
 
@@ -91,9 +73,9 @@ class Mch:
         elif reg == hw.MCH_F_SMBASE:
             self._write_f_smbase(value & 0xFF)
         elif reg == hw.MCH_TOLUD:
-            self.tolud = value & 0xFFF0
+            self.tolud = value & hw.MCH_TOLUD_MASK
         elif reg == hw.MCH_TSEGMB:
-            self.tsegmb = value & 0xFFF0
+            self.tsegmb = value & hw.MCH_TOLUD_MASK
         else:
             raise KeyError(f"MCH register {reg:#x} not modelled")
 
@@ -144,7 +126,7 @@ class Lpc:
     """
 
     def __init__(self, smi_features: dict, smi_sink):
-        self.host = host_features(smi_features)
+        self.host = hw.smi_feature_mask(smi_features)
         self.smi_sink = smi_sink
         self.apm_cnt = 0
         self.apm_sts = 0
@@ -164,7 +146,7 @@ class Lpc:
     def fw_cfg_files(self):
         if self.host == 0:
             return {}
-        return {FWCFG_SUPPORTED: 8, FWCFG_REQUESTED: 8, FWCFG_FEATURES_OK: 1}
+        return {hw.FWCFG_SMI_SUPPORTED: 8, hw.FWCFG_SMI_REQUESTED: 8, hw.FWCFG_SMI_FEATURES_OK: 1}
 
     def read_supported(self):
         return self.host
@@ -190,7 +172,7 @@ class Lpc:
 
     def features(self):
         return {"requested": self.requested, "negotiated": self.negotiated,
-                "ok": bool(self.features_ok), "names": feature_names(self.negotiated)}
+                "ok": bool(self.features_ok), "names": hw.smi_feature_names(self.negotiated)}
 
     # --- QEMU's pre-plug / unplug-request checks (facts §2.3) -----------------------
     def device_add_refusal(self):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import hw
+from ..microcode.cpuid import cpuid_signature
 
 # program tokens ---------------------------------------------------------------------
 STEP = 1        # progress: something in the machine may have changed
@@ -30,24 +31,8 @@ RUNNING = "running"
 HALTED = "halted"
 
 # CPU models the model knows: name -> (vendor, family, model, stepping)
-CPU_MODELS = {
-    "qemu64": ("AMD", hw.QEMU64_FAMILY, hw.QEMU64_MODEL, hw.QEMU64_STEPPING),
-    "kvm64": ("Intel", 15, 6, 1),
-    "Skylake-Client": ("Intel", 6, 94, 3),      # QEMU builtin_x86_defs
-}
+CPU_MODELS = hw.QEMU_CPU_MODELS
 DEFAULT_UCODE_REV = hw.QEMU_UCODE_REV_AMD_DEFAULT   # qemu64 is an AMD-vendor model
-
-
-def cpuid_signature(family, model, stepping):
-    """CPUID(1).EAX from family/model/stepping (Intel SDM encoding, also AMD)."""
-    base_family = min(family, 0xF)
-    ext_family = family - 0xF if family >= 0xF else 0
-    if family in (6, 0xF) or family > 0xF:
-        ext_model, base_model = model >> 4, model & 0xF
-    else:
-        ext_model, base_model = 0, model & 0xF
-    return ((ext_family & 0xFF) << 20 | (ext_model & 0xF) << 16 | base_family << 8
-            | base_model << 4 | (stepping & 0xF))
 
 
 QEMU64_SIGNATURE = cpuid_signature(hw.QEMU64_FAMILY, hw.QEMU64_MODEL, hw.QEMU64_STEPPING)

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from .. import hw
 from ..errors import Hang, QemuCrashed, Refused
-from ..lost_sci import apic_id_holes, explain as explain_lost_sci
+from ..known_bugs import apic_id_holes, explain_lost_sci
 from .chipset import MSG_CPU_EXISTS, MSG_SOCKET_RANGE, Lpc, Mch
 from .cpu import SPIN, HALT, STEP, Cpu, Memory, model_defaults, parse_int
 from .cpuhp import CpuHotplugBlock
-from .firmware import PMBASE, make_firmware
+from .firmware import make_firmware
 from .guest import Guest
 from . import microcode as ucode
 from . import qemu_defects
 
-SMI_EN_PORT = PMBASE + hw.SMI_EN_OFFSET
+SMI_EN_PORT = hw.SMI_EN_PORT
 HP_LO = hw.CPUHP_BASE
 HP_HI = hw.CPUHP_BASE + hw.CPUHP_LEGACY_LEN
 
@@ -135,7 +135,7 @@ class Machine:
     def sci(self):
         """GPE status is set: the SCI (GSI 9, level) goes through the IOAPIC to the CPU
         Linux routed it to, whose ACPI code then runs \\_GPE._E02. Lost for good if QEMU
-        cannot reach that CPU's local APIC (``harness.lost_sci``)."""
+        cannot reach that CPU's local APIC (``harness.known_bugs.explain_lost_sci``)."""
         if self.sci_lost:
             return                           # Remote IRR still set: the pin is dead
         target = self.guest.sci_cpu()

@@ -26,8 +26,7 @@ from .cpu import HALT, SPIN, STEP
 
 INVALID = hw.INVALID_APIC_ID
 FW_AP_VECTOR = 0x9E          # where the model's MpInitLib parks APs (a HLT loop)
-PMBASE = hw.ICH9_PMBASE_VALUE
-SMI_EN_PORT = PMBASE + hw.SMI_EN_OFFSET
+SMI_EN_PORT = hw.SMI_EN_PORT
 HP = hw.CPUHP_BASE
 
 
@@ -436,7 +435,7 @@ class Ovmf:
             yield SPIN
         yield STEP
         ss = cpu.save_state()
-        field = hw.SAVE_STATE_SMBASE_FIELD if ss["revision"] & 0xFFFF else 0xFEF8
+        field = hw.SAVE_STATE_SMBASE_FIELD if ss["revision"] & 0xFFFF else hw.SAVE_STATE_SMBASE_FIELD_32
         assert field == hw.SAVE_STATE_SMBASE_FIELD
         ss["smbase"] = self.new_smbase
         yield STEP

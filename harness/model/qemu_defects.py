@@ -17,7 +17,8 @@ pass. Each flag is one defect:
   unplugged vCPU's back, so creating more vCPU threads than maxcpus over the machine's
   life (a re-plug after an unplug) fails ``tcg_register_thread``'s assertion.
 - ``logical_delivery_stops_at_apic_hole`` (unplug-ascending-lost-sci): logical
-  destination interrupts stop at the first unplugged APIC id (``harness.lost_sci``).
+  destination interrupts stop at the first unplugged APIC id (its wording, the same from
+  both backends: ``harness.known_bugs.explain_lost_sci``).
 """
 from __future__ import annotations
 

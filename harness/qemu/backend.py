@@ -18,10 +18,11 @@ from .. import hw
 from ..backend import UNPLUG_TIMEOUT, Backend
 from ..errors import BackendError, Hang, NotRemoved, QemuCrashed, QemuError, Refused
 from ..machine import CpuPlug, MachineConfig
+from ..microcode.cpuid import cpuid_signature
 from ..snapshot import Snapshot
 from . import process
 from .qmp import QmpCommandError
-from .vm import KERNEL_CMDLINE, QemuVM
+from .vm import QemuVM
 
 # Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
 COMMAND_TIMEOUT = 30.0
@@ -104,14 +105,6 @@ def parse_cpu_list(text):
     return cpus
 
 
-def cpuid_signature(family, model, stepping):
-    """CPUID(1).EAX from the display family/model/stepping Linux prints."""
-    base_fam = min(family, 0xF)
-    ext_fam = family - 0xF if family >= 0xF else 0
-    base_model, ext_model = model & 0xF, model >> 4
-    return (ext_fam << 20) | (ext_model << 16) | (base_fam << 8) | (base_model << 4) | stepping
-
-
 class QemuBackend(Backend):
     name = "qemu"
 
@@ -141,12 +134,12 @@ class QemuBackend(Backend):
         accel = process.resolve_accel(binary, machine.accel)
         profile, images = fwmod.resolve(machine.firmware, self.ovmf_code, self.ovmf_vars,
                                         version=self.firmware_version)
-        from ..images import build_image   # builds on first use, cached after
+        from .image import build_image   # builds on first use, cached after
         image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
                          run_dir=run_dir, accel=accel, kernel=image.kernel,
                          initrd=image.initrd,
-                         cmdline=getattr(image, "cmdline", None) or KERNEL_CMDLINE)
+                         cmdline=image.cmdline)
         self.vm.launch()
         try:
             self.vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
@@ -367,9 +360,11 @@ class QemuBackend(Backend):
     def smi(self, value, data, count) -> dict:
         out = []
         if data is not None:
-            out.append(f"printf '\\{data:03o}' | dd of=/dev/port bs=1 seek=179 count=1 "
+            out.append(f"printf '\\{data:03o}' | dd of=/dev/port bs=1 "
+                       f"seek={hw.APM_STS_PORT} count=1 "
                        f"2>/dev/null || exit 1")
-        out.append(f"printf '\\{value:03o}' | dd of=/dev/port bs=1 seek=178 count=1 "
+        out.append(f"printf '\\{value:03o}' | dd of=/dev/port bs=1 "
+                   f"seek={hw.APM_CNT_PORT} count=1 "
                    f"2>/dev/null || exit 1")
         body = "; ".join(out)
         cmd = f"i=0; while [ $i -lt {count} ]; do {body}; i=$((i+1)); done"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 
 from .. import hw
-from ..lost_sci import apic_id_holes, explain
+from ..known_bugs import apic_id_holes, explain_lost_sci as explain
 
 _PIN_RE = re.compile(r"^\s*pin\s+(\d+)\s+0x([0-9a-fA-F]+)\s+dest=(\d+)\s+vec=(\d+)\s+(.*)$")
 _LIST_RE = re.compile(r"^\s*(Remote IRR|IRR)\s+(.*)$")

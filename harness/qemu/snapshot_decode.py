@@ -131,11 +131,11 @@ def tseg_size(regs):
 
 def low_ram_top(stream, regs):
     tolud = regs.get("tolud") or 0
-    top = (tolud & 0xFFF0) << 16
+    top = (tolud & hw.MCH_TOLUD_MASK) << 16
     if top:
         return top
     blk = stream.ram_blocks.get("pc.ram")
-    if blk is not None and blk.length < 0x80000000:
+    if blk is not None and blk.length < hw.Q35_LOWMEM_WHEN_SPLIT:
         return blk.length
     return None
 
@@ -163,7 +163,7 @@ def decode_lpc(stream):
     requested = int.from_bytes(req_le, "little") if isinstance(req_le, bytes) else 0
     negotiated = lpc.field("smi_negotiated_features", 0)
     ok = bool(lpc.field("smi_features_ok", 0))
-    names = [n for n, bit in hw.SMI_FEATURE_NAMES.items() if negotiated & bit]
+    names = hw.smi_feature_names(negotiated)
     feats = {"requested": requested, "negotiated": negotiated, "ok": ok, "names": names}
     return regs, feats
 

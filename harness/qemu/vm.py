@@ -1,4 +1,5 @@
-"""One QEMU q35 virtual machine: command line, process, QMP, serial console, teardown.
+"""One QEMU q35 virtual machine: process, QMP, serial console, teardown (its argument
+list is :mod:`harness.qemu.cmdline`).
 
 Modelled on QEMU's ``python/qemu/machine``: the harness owns the process, talks QMP over
 a UNIX socket, reads the serial console over another, and on any failure or interrupt
@@ -16,38 +17,13 @@ from pathlib import Path
 
 import pexpect.fdpexpect
 
-from .. import hw
 from ..errors import ConfigError, QemuCrashed, QemuError
-from .. import settings
 from ..machine import MachineConfig
 from . import process
+from .cmdline import KERNEL_CMDLINE, qemu_args
 from .qmp import QmpSession
 
 SOCK_PARENT = "/tmp" if os.path.isdir("/tmp") else None
-KERNEL_CMDLINE = "console=ttyS0 panic=0 quiet loglevel=3 nokaslr"
-
-
-# Single-threaded TCG runs every vCPU round-robin on one host thread. With more vCPUs
-# than host cores (4 vCPUs, 2 cores, two VMs at once), multi-threaded TCG lets firmware
-# spin-waits (SMM rendezvous, MP init) starve the vCPU they wait for: measured on this
-# 2-core machine, a 4-vCPU boot took 50 s with thread=multi and 9.5 s with thread=single.
-# The TCG behaviour under test (INIT and SMI handling in cpu_handle_interrupt) is the
-# same in both modes. But QEMU 7.2 aborts ("qemu_thread_join: Resource deadlock avoided")
-# when firmware ejects a CPU under thread=single: the one vCPU thread joins itself. So
-# scenarios that unplug CPUs say `tcg_thread: multi`. SMM_HARNESS_TCG_THREAD sets the
-# default for machines that do not say.
-def accel_arg(accel, thread=None):
-    return f"tcg,thread={thread or settings.tcg_thread_default()}" if accel == "tcg" else accel
-
-
-def _prop_value(v):
-    if isinstance(v, bool):
-        return "on" if v else "off"
-    return str(v)
-
-
-def cpu_arg(model, props):
-    return ",".join([model] + [f"{k}={_prop_value(v)}" for k, v in props.items()])
 
 
 class QemuVM:
@@ -80,34 +56,8 @@ class QemuVM:
                 "qmp_log": d / "qmp.log", "debugcon": d / "firmware-debug.log"}
 
     def command_line(self):
-        m, p = self.machine, self.paths()
-        args = [self.binary, "-machine", "q35,smm=on", "-accel", accel_arg(self.accel, self.machine.tcg_thread)]
-        if self.firmware.secure_pflash:
-            args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
-        args += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.firmware.code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={p['vars']}",
-            "-cpu", cpu_arg(m.cpu_model, m.cpu_props),
-            # explicit topology: one CPU per socket, so slot = socket-id = APIC id
-            "-smp", f"{m.cpus},maxcpus={m.maxcpus},sockets={m.maxcpus},cores=1,threads=1",
-            "-m", f"{m.memory_mib}M",
-            "-global", f"mch.extended-tseg-mbytes={m.tseg_mbytes}",
-        ]
-        for name, prop in hw.SMI_FEATURE_PROPERTIES.items():
-            if name in m.smi_features:
-                args += ["-global", f"ICH9-LPC.{prop}={_prop_value(m.smi_features[name])}"]
-        args += [
-            "-nodefaults", "-no-user-config", "-vga", "none", "-display", "none",
-            "-net", "none", "-S",
-            "-chardev", f"socket,id=serial0,path={p['console']},server=on,wait=off",
-            "-serial", "chardev:serial0",
-            "-qmp", f"unix:{p['qmp']},server=on,wait=off",
-            "-debugcon", f"file:{p['debugcon']}", "-global", "isa-debugcon.iobase=0x402",
-        ]
-        if self.kernel:
-            args += ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
-                     "-append", self.cmdline]
-        return args + list(m.extra_args)
+        return qemu_args(self.binary, self.machine, self.firmware, self.accel, self.paths(),
+                         self.kernel, self.initrd, self.cmdline)
 
     # --- lifecycle -----------------------------------------------------------------
     def alive(self):

@@ -2,8 +2,7 @@
 import pytest
 
 from harness import hw
-from harness.model.chipset import (MSG_HOTPLUG_REFUSED, MSG_UNPLUG_REFUSED, Lpc, Mch,
-                                   host_features)
+from harness.model.chipset import MSG_HOTPLUG_REFUSED, MSG_UNPLUG_REFUSED, Lpc, Mch
 
 B, H, U = hw.SMI_F_BROADCAST, hw.SMI_F_CPU_HOTPLUG, hw.SMI_F_CPU_HOT_UNPLUG
 
@@ -137,4 +136,5 @@ def test_tseg_size_and_lock(sz, size):
 
 
 def test_host_features():
-    assert host_features({"broadcast": True, "cpu_hotplug": True}) == B | H
+    assert hw.smi_feature_mask({"broadcast": True, "cpu_hotplug": True}) == B | H
+    assert hw.smi_feature_names(B | U) == ["broadcast", "cpu_hotunplug"]

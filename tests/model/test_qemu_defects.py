@@ -2,7 +2,7 @@
 checked against the scenario that found it on real QEMU, and absent under kvm."""
 import pytest
 
-from harness import lost_sci
+from harness import known_bugs
 from harness.errors import Hang, NotRemoved, QemuCrashed
 from harness.machine import CpuPlug
 from harness.model import qemu_defects
@@ -64,12 +64,12 @@ def test_unplug_below_the_sci_cpu_loses_every_later_acpi_event():
     with pytest.raises(NotRemoved) as e:
         b.unplug(2)                   # APIC id 1 is a hole below CPU 2's APIC id
     why = e.value.diagnosis["why"]
-    assert lost_sci.SYMPTOM in why and "APIC id 1 is gone" in why and "(cpu 2)" in why
+    assert known_bugs.LOST_SCI_SYMPTOM in why and "APIC id 1 is gone" in why and "(cpu 2)" in why
     assert b.m.gpe_sts                               # the GPE stays pending
     # and for good: a hot-add is never seen by the guest either
     with pytest.raises(Hang) as h:
         b.hotplug(CpuPlug(3))
-    assert lost_sci.SYMPTOM in h.value.reason and 3 not in b.m.guest.known
+    assert known_bugs.LOST_SCI_SYMPTOM in h.value.reason and 3 not in b.m.guest.known
     b.reset()                                        # the IOAPIC is reset with the machine
     assert b.m.sci_lost is None
 

@@ -1,0 +1,17 @@
+"""Guest image recipe: a Debian kernel plus a tiny busybox initramfs running the agent.
+
+Only the QEMU backend boots a guest, so the image lives here. ``build_image()`` fetches
+Debian's ``linux-image-6.1.0-*-amd64`` (the package ``linux-image-amd64`` depends on)
+and ``busybox-static`` with ``apt-get download``, unpacks them with ``dpkg-deb -x`` into
+a scratch directory (nothing is installed) and writes a gzip'd newc initramfs (pure
+Python writer) holding busybox with its applet links, ``/init`` and ``/agent.sh`` (from
+``images/``) and the kernel modules the harness needs (``msr.ko`` and its dependencies).
+
+Modules, one job each: ``apt`` (packages through apt and dpkg-deb), ``modules`` (kernel
+modules and their dependencies), ``initramfs`` (what the guest's root holds), ``build``
+(the cache and the build), ``cli`` (``python -m harness images build``). The kernel
+command line is :data:`harness.qemu.cmdline.KERNEL_CMDLINE`.
+"""
+from .build import BUILD_DIR, ImagePaths, build_image, image_key
+
+__all__ = ["BUILD_DIR", "ImagePaths", "build_image", "image_key"]

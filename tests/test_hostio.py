@@ -1,0 +1,22 @@
+"""File hashes, cache locks and apt's error line are one implementation (harness/hostio.py)
+for the named builds, the firmware identities and the guest image."""
+import subprocess
+
+from harness import builds, firmware, hostio
+from harness.qemu.image import apt, build
+
+
+def test_one_implementation_each():
+    assert builds.sha256_file is firmware.sha256_file is hostio.sha256_file
+    assert builds.last_line is apt.last_line is hostio.last_line
+    assert build.exclusive_lock is builds._lock is hostio.exclusive_lock
+
+
+def test_last_line_skips_notices():
+    proc = subprocess.CompletedProcess([], 100, "", "Reading lists\nbroken thing\nN: a notice\n")
+    assert hostio.last_line(proc) == "broken thing"
+
+
+def test_lock_creates_its_file(tmp_path):
+    with hostio.exclusive_lock(tmp_path / "a" / ".lock"):
+        assert (tmp_path / "a" / ".lock").exists()
