@@ -135,8 +135,11 @@ class _Run:
         if op == "boot":
             return (b.boot(a["timeout"]) if "timeout" in a else b.boot()), None
         if op == "unplug":
+            # the state just before: the last a QEMU whose migration fails after an
+            # unplug can show in full, so that the comparison has it (compare.py)
+            before = b.snapshot().to_dict()
             try:
-                return b.unplug(a["slot"], a.get("timeout")), None
+                return {**b.unplug(a["slot"], a.get("timeout")), "before": before}, None
             except NotRemoved as e:
                 # the unplug's own verdict, so a known lost unplug is an expected `fail`
                 # whose diagnosis (`message`) is checked like any other signature
