@@ -8,6 +8,10 @@ versions compare as numbers (``10.0.2``), firmware as the edk2 stable tag (``202
 Where the first fixed release is known from the source, the range ends there and says
 so; where it was only measured, the range ends at the first release measured without
 the bug, and ``evidence`` says which builds were run.
+
+``rests_on`` says what a row (and the model's reproduction of it) rests on:
+"mechanism" (derived from the QEMU/edk2/Linux code it mirrors, named in ``evidence``)
+or "observation" (fitted to runs, the builds named in ``evidence``).
 """
 from __future__ import annotations
 
@@ -50,6 +54,9 @@ class VersionRange:
         return True
 
 
+RESTS_ON = ("mechanism", "observation")
+
+
 @dataclass(frozen=True)
 class KnownBug:
     name: str
@@ -60,6 +67,7 @@ class KnownBug:
     model_defect: str | None = None        # the QemuDefects flag that reproduces it
     evidence: str = ""
     modelled: bool = True                  # False: the model cannot predict it
+    rests_on: str = "observation"          # or "mechanism" (see the module doc)
 
     def affects(self, accel, qemu_version=None, firmware_edk2=None):
         """Whether a build has this bug. An unknown version counts as affected: the
@@ -73,6 +81,10 @@ class KnownBug:
                 and str(firmware_edk2) not in self.firmware:
             return False
         return True
+
+    def __post_init__(self):
+        if self.rests_on not in RESTS_ON:
+            raise ValueError(f"{self.name}: rests_on must be one of {RESTS_ON}")
 
     def scope(self):
         parts = [f"under {'/'.join(self.accels)}"]
@@ -89,8 +101,11 @@ BUGS = (
         "TCG takes INIT while a CPU is in SMM, drops a pending SMI at INIT and delivers "
         "SMI to a CPU waiting for SIPI: OVMF's hot-add SMI -> INIT-SIPI-SIPI hangs",
         accels=("tcg",), qemu=VersionRange(">=7.2"),
-        evidence="hangs on 7.2.22 and 11.1.3 (tcg-hotadd.md); upstream fixed only SIPI "
-                 "in SMM (2025-10, do_cpu_sipi returns under HF_SMM_MASK)"),
+        evidence="accel/tcg/cpu-exec.c cpu_handle_interrupt calls do_cpu_init even in "
+                 "SMM (real-qemu-findings.md); hangs on 7.2.22 and 11.1.3 "
+                 "(tcg-hotadd.md); upstream fixed only SIPI in SMM (2025-10, "
+                 "do_cpu_sipi returns under HF_SMM_MASK)",
+        rests_on="mechanism"),
     KnownBug(
         "tcg-single-thread-eject-abort",
         "with -accel tcg,thread=single the firmware's eject joins the one vCPU thread "
@@ -123,8 +138,11 @@ BUGS = (
         "tcg_register_thread: assertion failed: (n < tcg_max_ctxs)",
         accels=("tcg",), qemu=VersionRange(">=10.0"),
         model_defect="tcg_contexts_not_recycled",
-        evidence="found by this harness on 11.1.3 (unplug-replug-crash); 7.2.22 dies "
-                 "earlier of unplug-heap-corruption"),
+        evidence="tcg/tcg.c tcg_register_thread: assert(n < tcg_max_ctxs), one context "
+                 "per possible vCPU, none given back on unplug; found by this harness on "
+                 "11.1.3 (unplug-replug-crash); 7.2.22 dies earlier of "
+                 "unplug-heap-corruption",
+        rests_on="mechanism"),
     KnownBug(
         "apic-logical-delivery-hole",
         "QEMU's logical-destination delivery stops at the first empty local_apics[] "
@@ -133,13 +151,16 @@ BUGS = (
         model_defect="logical_delivery_stops_at_apic_hole",
         evidence="hw/intc/apic.c apic_get_delivery_bitmask 'break' until 'apic: add "
                  "support for x2APIC mode' (2024-01, QEMU 9.0) made the loops skip "
-                 "holes; lost on 7.2.22, delivered on 10.0.2 and 11.1.3 (builds.md)"),
+                 "holes; lost on 7.2.22, delivered on 10.0.2 and 11.1.3 (builds.md)",
+        rests_on="mechanism"),
     KnownBug(
         "ovmf-tseg-below-7m",
         "OVMF's 4 MiB build stops in DXE with less than 7 MiB of extended TSEG: no CPU "
         "is ever relocated (relocation is in DXE up to edk2-stable202402)",
         accels=("tcg", "kvm"), firmware=VersionRange("<202405"),
-        evidence="Debian 12's OVMF 2022.11 (1, 2, 3, 4, 6 MiB tried; 7 boots)"),
+        evidence="Debian 12's OVMF 2022.11 on QEMU 7.2.22 (1, 2, 3, 4, 6 MiB tried; 7 "
+                 "boots): with 1 MiB it resets the machine every 3.3 s; the model's "
+                 "7 MiB minimum and its reset loop are fitted to that"),
     KnownBug(
         "ovmf-pei-tseg-too-small",
         "OVMF relocating in PEI (edk2 >= stable202405) with a 1 MiB TSEG: the CPUs are "
