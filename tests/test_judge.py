@@ -102,3 +102,13 @@ def test_a_reset_loop_has_no_cpu_state_to_match():
                              smbase_default=[0, 1]), out)[0]
     met, why = judge(Expectation("hang", step=1, halted=[1]), out)
     assert not met and "halted expected [1], observed None" in why
+
+
+def test_an_unexpected_outcome_shows_its_own_message():
+    hang = {"outcome": "hang", "step": 1, "op": "boot", "message": "no progress over 6"}
+    met, why = judge(Expectation("pass"), hang)
+    assert not met and why == "expected pass, got hang at step 1 (boot): no progress over 6"
+    met, why = judge(Expectation("fail", check="cpus_present"), hang)
+    assert why == "expected fail, got hang at step 1 (boot): no progress over 6"
+    met, why = judge(Expectation("pass"), {"outcome": "error", "step": 2, "op": "x"})
+    assert why == "expected pass, got error at step 2 (x)"
