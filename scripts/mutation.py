@@ -33,7 +33,8 @@ TARGETS = {
     "harness/checks.py": (["tests/test_checks.py"], None),
     "harness/runner.py": (["tests/test_judge.py", "tests/test_known_bugs.py"],
                           {"judge", "_judge"}),
-    "harness/compare.py": (["tests/test_compare.py"], None),
+    "harness/compare.py": (["tests/test_compare_coverage.py", "tests/test_compare.py"],
+                           None),
     "harness/scenario.py": (["tests/test_scenario_loader.py", "tests/test_known_bugs.py"],
                             None),
 }
