@@ -152,3 +152,25 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, self.scenario.expectation_line(), f"scenario {self.name}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """--backend both: what each model-versus-QEMU comparison could not compare, so a
+    green run says what it did not look at (the full report: comparison.txt)."""
+    seen = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            props = dict(getattr(rep, "user_properties", ()) or ())
+            if "comparison" in props and getattr(rep, "when", "call") == "call":
+                seen[rep.nodeid] = props["comparison"]
+    if not seen:
+        return
+    terminalreporter.section("model against QEMU: what was not compared")
+    for nodeid, text in sorted(seen.items()):
+        lines = text.splitlines()
+        missing = lines[lines.index("not compared:") + 1:] if "not compared:" in lines \
+            else []
+        terminalreporter.write_line(f"{nodeid}: {lines[0]}; "
+                                    f"{len(missing)} item(s) not compared")
+        for x in missing:
+            terminalreporter.write_line(f"  {x.strip()}")
