@@ -117,6 +117,8 @@ class _Ctx:
 def _scalar(ctx, node, key):
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.err(node, key, f"expected a single value, got a {_kind(node)}")
+    if node.tag == "tag:yaml.org,2002:null":
+        return None             # an empty value serializes to no document at all
     return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" \
         else node.value
 

@@ -35,7 +35,8 @@ TARGETS = {
                           {"judge", "_judge"}),
     "harness/compare.py": (["tests/test_compare_coverage.py", "tests/test_compare.py"],
                            None),
-    "harness/scenario.py": (["tests/test_scenario_loader.py", "tests/test_known_bugs.py"],
+    "harness/scenario.py": (["tests/test_scenario_values.py", "tests/test_scenario_loader.py",
+                             "tests/test_known_bugs.py"],
                             None),
 }
 SWAP = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt,
