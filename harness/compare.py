@@ -308,7 +308,7 @@ def format_divergence(d: Divergence) -> str:
         ta = cpu_table(d.left_snapshot, mark={d.cpu}).splitlines()
         tb = cpu_table(d.right_snapshot, mark={d.cpu}).splitlines()
         w = max((len(s) for s in ta), default=0)
-        lines.append(f"  {d.left_name:<{w - 2}}   | {d.right_name}")
+        lines.append(f"  {d.left_name:<{w - 2}} | {d.right_name}")   # | over the rows' |
         for i in range(max(len(ta), len(tb))):
             a = ta[i] if i < len(ta) else ""
             b = tb[i] if i < len(tb) else ""

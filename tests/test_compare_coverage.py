@@ -177,3 +177,64 @@ def test_an_older_signature_without_the_new_fields_is_listed(tmp_path):
     assert c.divergence is None
     assert ("hang.spinning", "not in both signatures (an older trace)") in \
         c.coverage.unobserved
+
+
+def test_notes_alone_open_the_not_compared_list():
+    from harness.compare import Coverage
+    c = Coverage()
+    c.saw("smbase", "step 1 (check)")
+    c.note("something")
+    assert c.lines() == ["compared:", "  smbase: step 1 (check)", "not compared:",
+                         "  something"]
+
+
+def test_a_hang_snapshot_is_compared_in_full(tmp_path):
+    a, b = hang(), hang()
+    a["error"]["diagnosis"]["snapshot"] = snap(cpu(0), cpu(1, 0x1FFBF000))
+    b["error"]["diagnosis"]["snapshot"] = snap(cpu(0), cpu(1, 0x1FFBF000), tseg=False)
+    c = pair(tmp_path, [a], [b])
+    assert c.divergence is None
+    assert ("tseg.base", "not reported by model") in c.coverage.unobserved
+
+
+def test_who_is_qemu_only_for_a_qemu_trace(tmp_path):
+    qmp = snap(cpu(0, smbase=None), source="qmp")
+    c = compare(trace(tmp_path, "a", [{"snapshot": qmp}], backend="model",
+                      qemu_version="7.2.22"),
+                trace(tmp_path, "b", [{"snapshot": snap(cpu(0))}], backend="qemu"))
+    assert set(why for _, why in c.coverage.unobserved) == {
+        "not observable on model (snapshot from QMP/HMP only: a migration after an "
+        "unplug would crash or stall this QEMU)"}
+
+
+def test_the_side_without_a_snapshot_is_named(tmp_path):
+    c = pair(tmp_path, [{}], [{"snapshot": snap(cpu(0))}])
+    assert c.coverage.unobserved == {
+        ("snapshot", "not observable on QEMU 7.2.22 (no snapshot)"): ["step 1 (check)"]}
+    c = pair(tmp_path, [{"op": "unplug", "result": {}}],
+             [{"op": "unplug", "result": {"before": snap(cpu(0))}}])
+    assert ("snapshot", "not observable on QEMU 7.2.22 (no snapshot)") in \
+        c.coverage.unobserved
+
+
+def test_same_signal_is_enough_when_a_status_is_missing(tmp_path):
+    c = pair(tmp_path, [crash("SIGABRT", "x", status=-6)],
+             [crash("SIGABRT", "x", status=None)])
+    assert c.divergence is None
+
+
+def test_the_divergence_report_formats_values_and_aligns_its_tables(tmp_path):
+    from harness.compare import format_divergence
+    d = pair(tmp_path, [{"snapshot": snap(cpu(0, apic_id=256))}],
+             [{"snapshot": snap(cpu(0, apic_id=255))}]).divergence
+    first = format_divergence(d).splitlines()[0]
+    assert first.endswith("CPU 0 apic_id: qemu 0x100 != model 255")
+    d = pair(tmp_path, [{"snapshot": snap(cpu(0), cpu(1))}],
+             [{"snapshot": snap(cpu(0))}]).divergence
+    lines = format_divergence(d).splitlines()
+    assert d.field == "cpus" and len(lines) == 6   # head, names, header, 2 CPUs, TSEG
+    bars = {line.index("|") for line in lines[1:]}
+    assert len(bars) == 1, lines
+    # one side without any snapshot still shows both tables
+    d = pair(tmp_path, [hang()], [{}]).divergence
+    assert "(no snapshot)" in format_divergence(d)
