@@ -136,12 +136,13 @@ BUGS = (
         "multi-threaded TCG never frees an unplugged vCPU's translation context, so a "
         "re-plug after an unplug (more vCPU threads than maxcpus) aborts QEMU: "
         "tcg_register_thread: assertion failed: (n < tcg_max_ctxs)",
-        accels=("tcg",), qemu=VersionRange(">=10.0"),
+        accels=("tcg",), qemu=VersionRange(">=7.2"),
         model_defect="tcg_contexts_not_recycled",
         evidence="tcg/tcg.c tcg_register_thread: assert(n < tcg_max_ctxs), one context "
                  "per possible vCPU, none given back on unplug; found by this harness on "
-                 "11.1.3 (unplug-replug-crash); 7.2.22 dies earlier of "
-                 "unplug-heap-corruption",
+                 "11.1.3 (unplug-replug-crash); 7.2.22 usually dies earlier of "
+                 "unplug-heap-corruption, but once its words were checked it also died "
+                 "of this assertion (2026-12-02)",
         rests_on="mechanism"),
     KnownBug(
         "apic-logical-delivery-hole",
