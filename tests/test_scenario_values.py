@@ -164,3 +164,13 @@ def test_not_utf8_and_plug_of_and_load_all(tmp_path):
     with pytest.raises(ConfigError) as e:
         scenario.load_all([good, f])
     assert str(e.value) == f"{f}: not UTF-8 text"
+
+
+def test_guest_mapping_defaults_and_a_yaml_reader_error(tmp_path):
+    s = load(tmp_path, steps("guest: {command: x}"))
+    assert s.steps[1].args == {"command": "x", "expect_rc": 0, "expect_output": None}
+    f = tmp_path / "ctl.yaml"
+    f.write_text("purpose: p\x07\nsteps: [boot]\n")      # a control character: ReaderError
+    with pytest.raises(ScenarioError) as e:
+        scenario.load(f)
+    assert str(e.value).startswith(f"{f}: YAML: unacceptable character")
