@@ -31,7 +31,7 @@ def _options(a) -> Options:
 
 def cmd_run(a):
     from . import scenario as scnmod
-    from .compare import format_divergence
+    from .compare import format_comparison
     from .report import failure_report
     from .session import PairResult, run_backends
     opts = _options(a)
@@ -43,10 +43,14 @@ def cmd_run(a):
     for scn in scenarios:
         for item in run_backends(scn, opts):
             if isinstance(item, PairResult):
+                if item.comparison is None:
+                    continue
                 if item.divergence is not None:
                     failed += 1
                     print(f"DIFF {scn.name}: model and QEMU diverge")
-                    print(format_divergence(item.divergence))
+                else:
+                    print(f"same {scn.name}: model and QEMU agree")
+                print(format_comparison(item.comparison))
                 continue
             b, accel, r = item
             if isinstance(r, str):
@@ -69,13 +73,10 @@ def cmd_show(a):
 
 
 def cmd_diff(a):
-    from .compare import compare_traces, format_divergence
-    div = compare_traces(a.a, a.b)
-    if div is None:
-        print("traces agree")
-        return 0
-    print(format_divergence(div))
-    return 1
+    from .compare import compare, format_comparison
+    c = compare(a.a, a.b)
+    print(format_comparison(c))
+    return 1 if c.divergence is not None else 0
 
 
 def cmd_probe(a):

@@ -31,11 +31,37 @@ class QemuError(BackendError):
 
 
 class QemuCrashed(QemuError):
-    """QEMU died under a running scenario; ``message`` is its last stderr line."""
+    """QEMU died under a running scenario; ``message`` is its last stderr line, ``status``
+    its exit status as subprocess reports it (negative: killed by that signal).
 
-    def __init__(self, status, message):
-        self.status, self.message = status, message
-        super().__init__(f"QEMU exited (status {status}): {message}")
+    ``source`` says whose words ``message`` is: "qemu" (QEMU's stderr, or a model
+    repeating QEMU's exact text) or "model rule" (the model's description of a crash it
+    reproduces by a rule, not QEMU's text): only QEMU's words are compared."""
+
+    def __init__(self, status, message, source="qemu"):
+        self.status, self.message, self.source = status, message, source
+        super().__init__(f"QEMU {self.how()}: {message}" if message else f"QEMU {self.how()}")
+
+    @property
+    def signal(self):
+        """The signal's name (SIGABRT, SIGSEGV, SIGKILL ...) if a signal ended QEMU."""
+        import signal as _signal
+        if self.status is None or self.status >= 0:
+            return None
+        try:
+            return _signal.Signals(-self.status).name
+        except ValueError:
+            return f"signal {-self.status}"
+
+    def how(self):
+        if self.signal:
+            return f"killed by {self.signal}"
+        return f"exited (status {self.status})"
+
+    def record(self):
+        """How QEMU ended, for traces and outcomes."""
+        return {"message": self.message, "status": self.status, "signal": self.signal,
+                "message_source": self.source}
 
 
 class Refused(BackendError):
@@ -59,12 +85,24 @@ class NotRemoved(BackendError):
                          + (f": {why}" if why else ""))
 
 
-class Hang(BackendError):
-    """The guest or firmware stopped making progress within a deadline.
+class StillProgressing(BackendError):
+    """A wait ran out while the machine was still making progress (or while there was
+    not yet evidence that it was not). A slow host is not a hang: this is an ``error``
+    outcome, which no expectation matches."""
 
-    ``diagnosis`` is a dict: {"reason": str, "cpus": [{"index", "apic_id", "in_smm",
-    "halted", "cs", "eip", "smbase"}...], ...} so reports and expectations can name which
-    CPU is in SMM and which is halted.
+    def __init__(self, what, progress):
+        self.what, self.progress = what, progress
+        super().__init__(f"still progressing at the deadline: {what} ({progress})")
+
+
+class Hang(BackendError):
+    """The guest or firmware stopped making progress, shown by evidence.
+
+    ``diagnosis`` is a dict: {"reason": str, "evidence": {"kind": "stall" |
+    "reset-loop", ...} (what proves it: harness.qemu.progress.Evidence, or the model's
+    own scheduler), "cpus": [{"index", "apic_id", "in_smm", "halted", "cs", "eip",
+    "smbase"}...], ...} so reports and expectations can name which CPU is in SMM, which
+    is halted, which spins and which was never relocated.
     """
 
     def __init__(self, reason, diagnosis=None):
@@ -73,9 +111,20 @@ class Hang(BackendError):
         super().__init__(f"hang: {reason}")
 
     def signature(self):
-        """The comparable part of a hang: CPUs in SMM and halted CPUs, by cpu index."""
+        """The comparable part of a hang, by cpu index: CPUs in SMM, halted, spinning
+        at one place (from the evidence), still at the default SMBASE 0x30000 (never
+        relocated), and what proves the hang (``evidence``: stall or reset-loop)."""
+        from .hw import DEFAULT_SMBASE
         cpus = self.diagnosis.get("cpus", [])
-        return {
-            "in_smm": sorted(c["index"] for c in cpus if c.get("in_smm")),
-            "halted": sorted(c["index"] for c in cpus if c.get("halted")),
-        }
+        ev = self.diagnosis.get("evidence") or {}
+        sig = {"evidence": ev.get("kind"),
+               "smbase_default": sorted(c["index"] for c in cpus
+                                        if c.get("smbase") == DEFAULT_SMBASE)}
+        if ev.get("kind") == "reset-loop":
+            # the machine cycles through boot: no CPU state of one instant describes it
+            return {**sig, "in_smm": None, "halted": None, "spinning": None}
+        places = ev.get("cpus") or cpus     # a stall: the state the samples proved
+        return {**sig,
+                "in_smm": sorted(c["index"] for c in places if c.get("in_smm")),
+                "halted": sorted(c["index"] for c in places if c.get("halted")),
+                "spinning": sorted(c["index"] for c in places if not c.get("halted"))}

@@ -17,6 +17,10 @@ harness's QEMU version then reads ``7.2.22+smm-fix``: same release, without the 
 
 Where both backends must word a bug's symptom alike (so one scenario expectation holds
 for both), the wording is here too, after the table (``explain_lost_sci``).
+
+``rests_on`` says what a row (and the model's reproduction of it) rests on:
+"mechanism" (derived from the QEMU/edk2/Linux code it mirrors, named in ``evidence``)
+or "observation" (fitted to runs, the builds named in ``evidence``).
 """
 from __future__ import annotations
 
@@ -65,6 +69,9 @@ class VersionRange:
         return True
 
 
+RESTS_ON = ("mechanism", "observation")
+
+
 @dataclass(frozen=True)
 class KnownBug:
     name: str
@@ -76,6 +83,7 @@ class KnownBug:
     evidence: str = ""
     modelled: bool = True                  # False: the model cannot predict it
     fixed_by: str | None = None            # marker of our patch series that fixes it
+    rests_on: str = "observation"          # or "mechanism" (see the module doc)
 
     def affects(self, accel, qemu_version=None, firmware_edk2=None):
         """Whether a build has this bug. An unknown version counts as affected: the
@@ -93,6 +101,10 @@ class KnownBug:
             return False
         return True
 
+    def __post_init__(self):
+        if self.rests_on not in RESTS_ON:
+            raise ValueError(f"{self.name}: rests_on must be one of {RESTS_ON}")
+
     def scope(self):
         parts = [f"under {'/'.join(self.accels)}"]
         if self.qemu:
@@ -108,10 +120,13 @@ BUGS = (
         "TCG takes INIT while a CPU is in SMM, drops a pending SMI at INIT and delivers "
         "SMI to a CPU waiting for SIPI: OVMF's hot-add SMI -> INIT-SIPI-SIPI hangs",
         accels=("tcg",), qemu=VersionRange(">=7.2"), fixed_by="smm-fix",
-        evidence="hangs on 7.2.22 and 11.1.3 (tcg-hotadd.md); upstream fixed only SIPI "
-                 "in SMM (2025-10, do_cpu_sipi returns under HF_SMM_MASK); our series "
-                 "contrib/qemu/ fixes it (hot-add passes on qemu-7.2-smm-fix); the model "
-                 "reproduces it by its CPU semantics (harness/model/cpu.py), not a flag"),
+        evidence="accel/tcg/cpu-exec.c cpu_handle_interrupt calls do_cpu_init even in "
+                 "SMM (real-qemu-findings.md); hangs on 7.2.22 and 11.1.3 "
+                 "(tcg-hotadd.md); upstream fixed only SIPI in SMM (2025-10, "
+                 "do_cpu_sipi returns under HF_SMM_MASK); our series contrib/qemu/ fixes "
+                 "it (hot-add passes on qemu-7.2-smm-fix and qemu-10.2-smm-fix); the "
+                 "model reproduces it by its CPU semantics (harness/model/cpu.py)",
+        rests_on="mechanism"),
     KnownBug(
         "tcg-single-thread-eject-abort",
         "with -accel tcg,thread=single the firmware's eject joins the one vCPU thread "
@@ -143,10 +158,14 @@ BUGS = (
         "multi-threaded TCG never frees an unplugged vCPU's translation context, so a "
         "re-plug after an unplug (more vCPU threads than maxcpus) aborts QEMU: "
         "tcg_register_thread: assertion failed: (n < tcg_max_ctxs)",
-        accels=("tcg",), qemu=VersionRange(">=10.0"),
+        accels=("tcg",), qemu=VersionRange(">=7.2"),
         model_defect="tcg_contexts_not_recycled",
-        evidence="found by this harness on 11.1.3 (unplug-replug-crash); 7.2.22 dies "
-                 "earlier of unplug-heap-corruption"),
+        evidence="tcg/tcg.c tcg_register_thread: assert(n < tcg_max_ctxs), one context "
+                 "per possible vCPU, none given back on unplug; found by this harness on "
+                 "11.1.3 (unplug-replug-crash); 7.2.22 usually dies earlier of "
+                 "unplug-heap-corruption, but once its words were checked it also died "
+                 "of this assertion (2026-12-02)",
+        rests_on="mechanism"),
     KnownBug(
         "apic-logical-delivery-hole",
         "QEMU's logical-destination delivery stops at the first empty local_apics[] "
@@ -155,13 +174,16 @@ BUGS = (
         model_defect="logical_delivery_stops_at_apic_hole",
         evidence="hw/intc/apic.c apic_get_delivery_bitmask 'break' until 'apic: add "
                  "support for x2APIC mode' (2024-01, QEMU 9.0) made the loops skip "
-                 "holes; lost on 7.2.22, delivered on 10.0.2 and 11.1.3 (builds.md)"),
+                 "holes; lost on 7.2.22, delivered on 10.0.2 and 11.1.3 (builds.md)",
+        rests_on="mechanism"),
     KnownBug(
         "ovmf-tseg-below-7m",
         "OVMF's 4 MiB build stops in DXE with less than 7 MiB of extended TSEG: no CPU "
         "is ever relocated (relocation is in DXE up to edk2-stable202402)",
         accels=("tcg", "kvm"), firmware=VersionRange("<202405"),
-        evidence="Debian 12's OVMF 2022.11 (1, 2, 3, 4, 6 MiB tried; 7 boots)"),
+        evidence="Debian 12's OVMF 2022.11 on QEMU 7.2.22 (1, 2, 3, 4, 6 MiB tried; 7 "
+                 "boots): with 1 MiB it resets the machine every 3.3 s; the model's "
+                 "7 MiB minimum and its reset loop are fitted to that"),
     KnownBug(
         "ovmf-pei-tseg-too-small",
         "OVMF relocating in PEI (edk2 >= stable202405) with a 1 MiB TSEG: the CPUs are "

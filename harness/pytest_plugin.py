@@ -132,15 +132,18 @@ class ScenarioItem(pytest.Item):
         """--backend both: the model runs the same scenario for the same build
         (milliseconds) and its trace must not diverge from QEMU's. Its own directory
         keeps xdist workers apart."""
-        from .compare import compare_traces, format_divergence
+        from .compare import compare, format_comparison
         try:
             model_result = run_one(self.scenario, "model", opts, accel, suffix="-vs-qemu")
         except HarnessError as e:
             raise ScenarioFailure(f"{self.scenario.path}: model: {e}") from None
         self.user_properties.append(("model_trace", str(model_result.trace_path)))
-        div = compare_traces(qemu_result.trace_path, model_result.trace_path)
-        if div is not None:
-            raise ScenarioFailure(format_divergence(div))
+        c = compare(qemu_result.trace_path, model_result.trace_path)
+        text = format_comparison(c)
+        (model_result.run_dir / "comparison.txt").write_text(text + "\n")
+        self.user_properties.append(("comparison", text))
+        if c.divergence is not None:
+            raise ScenarioFailure(text)
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ScenarioFailure):
@@ -149,3 +152,25 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, self.scenario.expectation_line(), f"scenario {self.name}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """--backend both: what each model-versus-QEMU comparison could not compare, so a
+    green run says what it did not look at (the full report: comparison.txt)."""
+    seen = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            props = dict(getattr(rep, "user_properties", ()) or ())
+            if "comparison" in props and getattr(rep, "when", "call") == "call":
+                seen[rep.nodeid] = props["comparison"]
+    if not seen:
+        return
+    terminalreporter.section("model against QEMU: what was not compared")
+    for nodeid, text in sorted(seen.items()):
+        lines = text.splitlines()
+        missing = lines[lines.index("not compared:") + 1:] if "not compared:" in lines \
+            else []
+        terminalreporter.write_line(f"{nodeid}: {lines[0]}; "
+                                    f"{len(missing)} item(s) not compared")
+        for x in missing:
+            terminalreporter.write_line(f"  {x.strip()}")

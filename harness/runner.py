@@ -19,6 +19,9 @@ from .errors import BackendError, HarnessError, Hang, NotRemoved, QemuCrashed, R
 from .scenario import Expectation, Scenario, plug_of, plugs_of
 from .trace import TraceWriter
 
+# a QEMU ended by these was killed from outside (a user, the OOM killer, a test)
+OUTSIDE_SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP")
+HANG_SIGNATURE = ("in_smm", "halted", "spinning", "smbase_default")
 
 
 @dataclass
@@ -69,17 +72,41 @@ def _judge(expect, outcome):
             (f": {extra}" if extra else "")
     if expect.step is not None and outcome.get("step") != expect.step:
         return False, f"expected {expect.outcome} at step {expect.step}, got it{where}"
-    if got in ("refused", "crash", "fail") and expect.message and \
+    if got == "crash":
+        sig = outcome.get("signal")
+        if sig in OUTSIDE_SIGNALS:
+            return False, (f"QEMU was killed from outside ({sig}{where}): not a crash "
+                           f"of QEMU's own")
+        if expect.signal and sig not in expect.signal:
+            return False, (f"crash by a different signal: expected "
+                           f"{' or '.join(expect.signal)}, "
+                           f"QEMU {'was killed by ' + sig if sig else 'exited with status '}"
+                           f"{'' if sig else outcome.get('status')}")
+        if outcome.get("message_source", "qemu") != "qemu":
+            return True, (f"crash{where} as expected (QEMU's message not checked: this "
+                          f"one is a {outcome['message_source']})")
+        if not re.search(expect.message or "(?!)", outcome.get("message") or ""):
+            return False, (f"crash with a different message: expected /{expect.message}/,"
+                           f" QEMU said {outcome.get('message')!r}")
+    if got in ("refused", "fail") and expect.message and \
             expect.message not in (outcome.get("message") or ""):
         return False, (f"{got} with a different message: expected "
                        f"{expect.message!r} in it, got {outcome.get('message')!r}")
     if got == "hang":
         sig = outcome.get("signature") or {}
-        for key in ("in_smm", "halted"):
+        if not sig.get("evidence"):
+            return False, "a hang without evidence of no progress is not a verdict"
+        if expect.evidence is not None and sig["evidence"] != expect.evidence:
+            return False, (f"hang evidence differs: expected {expect.evidence}, "
+                           f"observed {sig['evidence']}")
+        for key in HANG_SIGNATURE:
             want = getattr(expect, key)
-            if want is not None and sorted(sig.get(key, [])) != sorted(want):
+            if want is None:
+                continue
+            got_cpus = sig.get(key)
+            if got_cpus is None or sorted(got_cpus) != sorted(want):
                 return False, (f"hang signature differs: {key} expected {want}, "
-                               f"observed {sig.get(key)}")
+                               f"observed {got_cpus}")
     if got == "fail" and expect.check not in (outcome.get("failed_checks") or []):
         return False, (f"expected check {expect.check} to fail, but failed: "
                        f"{outcome.get('failed_checks')}")
@@ -108,8 +135,11 @@ class _Run:
         if op == "boot":
             return (b.boot(a["timeout"]) if "timeout" in a else b.boot()), None
         if op == "unplug":
+            # the state just before: the last a QEMU whose migration fails after an
+            # unplug can show in full, so that the comparison has it (compare.py)
+            before = b.snapshot().to_dict()
             try:
-                return b.unplug(a["slot"], a.get("timeout")), None
+                return {**b.unplug(a["slot"], a.get("timeout")), "before": before}, None
             except NotRemoved as e:
                 # the unplug's own verdict, so a known lost unplug is an expected `fail`
                 # whose diagnosis (`message`) is checked like any other signature
@@ -223,8 +253,8 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
                 outcome = {"outcome": "fail", "failed_checks": failed,
                            "checks": e.results, "message": error["message"]}
             except QemuCrashed as e:
-                error = {"kind": "crash", "message": e.message, "status": e.status}
-                outcome = {"outcome": "crash", "message": e.message, "status": e.status}
+                error = {"kind": "crash", **e.record()}
+                outcome = {"outcome": "crash", **e.record()}
             except BackendError as e:
                 error = {"kind": "error", "message": str(e)}
                 outcome = {"outcome": "error", "message": str(e)}

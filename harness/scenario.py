@@ -23,6 +23,12 @@ OUTCOMES = ("pass", "refused", "hang", "fail", "crash")
 STEP_OPS = ("boot", "coldplug", "hotplug", "unplug", "online", "offline", "smi", "guest",
             "snapshot", "wait", "reset", "check")
 CHECKS = CHECK_ARGS       # name -> kind of argument (None = takes none): checks.CHECK_TABLE
+# What proves a hang (harness.qemu.progress): every CPU at one place with no output,
+# or the firmware resetting the machine over and over.
+HANG_EVIDENCE = ("stall", "reset-loop")
+# Signals QEMU dies of by itself (abort(), assertions, glibc's heap checks, a bad
+# pointer): SIGKILL and SIGTERM come from outside and are never an expected crash.
+CRASH_SIGNALS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP")
 # Verdicts of steps other than `check`, which a `fail` expectation may name too.
 STEP_VERDICTS = {"guest": "a guest step's exit status or output",
                  "cpu_removed": "an unplug step's CPU still in its slot"}
@@ -45,6 +51,10 @@ class Expectation:
     message: str | None = None        # refused: substring of QEMU's message
     in_smm: list | None = None        # hang: cpu indexes in SMM
     halted: list | None = None        # hang: cpu indexes halted
+    spinning: list | None = None      # hang: cpu indexes spinning at one place
+    smbase_default: list | None = None   # hang: cpu indexes never relocated (0x30000)
+    evidence: str | None = None       # hang: what proves it (stall, reset-loop)
+    signal: list | None = None        # crash: the signals QEMU may die of (SIGABRT ...)
     check: str | None = None          # fail: the check that must fail
     bug: str | None = None            # a known bug (harness.known_bugs) this reproduces
     otherwise: "Expectation | None" = None   # where the bug's builds are not in use
@@ -103,6 +113,8 @@ class _Ctx:
 def _scalar(ctx, node, key):
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.err(node, key, f"expected a single value, got a {_kind(node)}")
+    if node.tag == "tag:yaml.org,2002:null":
+        return None             # an empty value serializes to no document at all
     return yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" \
         else node.value
 
@@ -372,12 +384,13 @@ def _expectation(ctx, node, key, nsteps):
         if outcome not in OUTCOMES:
             raise ctx.err(node, key, f"unknown outcome {outcome!r} "
                           f"(known: {', '.join(OUTCOMES)})")
-        if outcome in ("refused", "fail"):
+        if outcome in ("refused", "fail", "crash"):
             raise ctx.err(node, key, f"outcome {outcome} needs details "
                           f"({'check' if outcome == 'fail' else 'message'})")
         return Expectation(outcome=outcome, line=node.start_mark.line + 1)
     m = _mapping(ctx, node, key, {"outcome", "step", "message", "in_smm", "halted", "check",
-                                  "bug", "otherwise"})
+                                  "bug", "otherwise", "spinning", "smbase_default",
+                                  "evidence", "signal"})
     if "outcome" not in m:
         raise ctx.err(node, f"{key}.outcome", "missing")
     e = Expectation(outcome=_str(ctx, m["outcome"], f"{key}.outcome"),
@@ -385,8 +398,9 @@ def _expectation(ctx, node, key, nsteps):
     if e.outcome not in OUTCOMES:
         raise ctx.err(m["outcome"], f"{key}.outcome", f"unknown outcome {e.outcome!r} "
                       f"(known: {', '.join(OUTCOMES)})")
-    allowed = {"pass": set(), "refused": {"step", "message"}, "crash": {"step", "message"},
-               "hang": {"step", "in_smm", "halted"},
+    allowed = {"pass": set(), "refused": {"step", "message"}, "crash": {"step", "message", "signal"},
+               "hang": {"step", "in_smm", "halted", "spinning", "smbase_default",
+                        "evidence"},
                "fail": {"step", "check", "message"}}[e.outcome]
     for k, v in m.items():
         if k not in ("outcome", "bug", "otherwise") and k not in allowed:
@@ -397,10 +411,33 @@ def _expectation(ctx, node, key, nsteps):
         e.message = _str(ctx, m["message"], f"{key}.message")
     if e.outcome == "refused" and not e.message:
         raise ctx.err(node, f"{key}.message", "missing (QEMU's expected message)")
+    if e.outcome == "crash":
+        if not e.message:
+            raise ctx.err(node, f"{key}.message", "missing (a regular expression for "
+                          "what QEMU says when it dies)")
+        try:
+            re.compile(e.message)
+        except re.error as err:
+            raise ctx.err(m["message"], f"{key}.message",
+                          f"bad regular expression: {err}") from None
+    if "signal" in m:
+        n = m["signal"]
+        e.signal = [_str(ctx, x, f"{key}.signal") for x in
+                    (n.value if isinstance(n, yaml.SequenceNode) else [n])]
+        bad = [x for x in e.signal if x not in CRASH_SIGNALS]
+        if bad or not e.signal:
+            raise ctx.err(n, f"{key}.signal", f"unknown signal {bad[0] if bad else None!r} "
+                          f"(QEMU's own deaths: {', '.join(CRASH_SIGNALS)})")
     if "in_smm" in m:
         e.in_smm = _int_list(ctx, m["in_smm"], f"{key}.in_smm")
-    if "halted" in m:
-        e.halted = _int_list(ctx, m["halted"], f"{key}.halted")
+    for k in ("halted", "spinning", "smbase_default"):
+        if k in m:
+            setattr(e, k, _int_list(ctx, m[k], f"{key}.{k}"))
+    if "evidence" in m:
+        e.evidence = _str(ctx, m["evidence"], f"{key}.evidence")
+        if e.evidence not in HANG_EVIDENCE:
+            raise ctx.err(m["evidence"], f"{key}.evidence", f"unknown evidence "
+                          f"{e.evidence!r} (known: {', '.join(HANG_EVIDENCE)})")
     if "check" in m:
         e.check = _str(ctx, m["check"], f"{key}.check")
         if e.check not in CHECKS and e.check not in STEP_VERDICTS:

@@ -168,6 +168,7 @@ class PairResult:
     """One scenario on the backends asked for, and, with both, their comparison."""
     results: dict                    # backend -> RunResult
     divergence: object = None        # compare.Divergence or None
+    comparison: object = None        # compare.Comparison: the divergence and coverage
 
 
 def run_backends(scn, opts: Options):
@@ -186,8 +187,10 @@ def run_backends(scn, opts: Options):
         yield b, accel, results[b]
     div = None
     if len(results) == 2:
-        from .compare import compare_traces
-        div = compare_traces(results["qemu"].trace_path, results["model"].trace_path)
+        from .compare import compare
+        comparison = compare(results["qemu"].trace_path, results["model"].trace_path)
+        yield PairResult(results, comparison.divergence, comparison)
+        return
     yield PairResult(results, div)
 
 

@@ -230,3 +230,28 @@ def test_vm_cpuinfo_msr_port(vm):
 def test_vm_boot_time(vm):
     # The aim is ~8 s on an idle host; with other VMs on the 2 cores it is 2-3x that.
     assert vm.boot_seconds < 120
+
+
+def test_wait_ready_ticks_while_it_waits_and_a_tick_can_end_the_wait():
+    """The QEMU backend looks at the machine's progress from the tick (and raises the
+    proven Hang there)."""
+    child = pexpect.spawn("sh", ["-c", "echo booting...; sleep 5"], timeout=5)
+    try:
+        ticks = []
+        with pytest.raises(Hang):
+            GuestAgent(child).wait_ready(1.0, tick=lambda: ticks.append(time.monotonic()),
+                                         tick_every=0.2)
+        assert 3 <= len(ticks) <= 6
+        assert all(b - a >= 0.15 for a, b in zip(ticks, ticks[1:]))
+
+        class Proven(Exception):
+            pass
+
+        def tick():
+            raise Proven()
+        t0 = time.monotonic()
+        with pytest.raises(Proven):
+            GuestAgent(child).wait_ready(10, tick=tick, tick_every=0.2)
+        assert time.monotonic() - t0 < 2
+    finally:
+        child.close(force=True)

@@ -135,3 +135,104 @@ def test_microcode_guest_needs_the_guest():
     s = guest_snap((INTEL, 0x1_0000_0000, None, None, None, None))
     r = check("microcode_guest", s)
     assert not r.passed and "no CPU" in r.detail
+
+
+# --- every verdict's shape, early exits and edges (found by mutation testing) -----------
+def test_a_result_reads_as_a_line_and_a_dict():
+    from harness.checks import CheckResult
+    r = CheckResult("x", False, 3, 2, "too few", [1])
+    assert r.to_dict() == {"name": "x", "passed": False, "expected": 3, "observed": 2,
+                           "detail": "too few", "cpus": [1]}
+    assert r.line() == "FAIL x: expected 3, observed 2 (too few)"
+    assert CheckResult("x", True, 3, 3).line() == "ok   x: expected 3, observed 3"
+
+
+def test_observed_smbases_are_hex_and_unknowns_are_words():
+    r = check("smbase_relocated", snap(0x1FFBD000, 0x1FFBF000))
+    assert r.observed == {0: "0x1ffbd000", 1: "0x1ffbf000"}
+    s1, s0 = snap(0x1FFBD000), snap(0x1FFBD000)
+    s0.cpus = []
+    r = check("smbase_unchanged", s1, previous=s0)
+    assert r.passed and r.observed == {0: "None -> 0x1ffbd000"}
+
+
+def test_no_smis_since_the_previous_snapshot_is_the_default():
+    before, after = snap(0x1FFBD000, smis=[5]), snap(0x1FFBD000, smis=[5])
+    r = run_check("smi_delivered", None, CheckContext(snapshot=after, previous=before))
+    assert r.passed and r.expected == "every CPU +0 SMIs"
+
+
+def test_smbase_in_tseg_without_tseg_and_at_its_exact_edges():
+    s = snap(0x1FFBD000)
+    s.tseg = None
+    r = check("smbase_in_tseg", s)
+    assert (r.passed, r.observed, r.detail) == (False, "no TSEG",
+                                                "ESMRAMC T_EN/G_SMRAME not set")
+    s.tseg = Tseg(base=TSEG.base, size=0, locked=False)
+    assert check("smbase_in_tseg", s).observed == "no TSEG"
+    base, top = TSEG.base, TSEG.base + TSEG.size
+    lowest = base - hw.SMI_ENTRY_OFFSET            # entry page exactly at TSEG base
+    highest = top - hw.SAVE_STATE_END              # save state ends exactly at the top
+    r = check("smbase_in_tseg", snap(lowest, highest))
+    assert r.passed, r.detail
+    assert r.expected == f"entry and save state in TSEG [{base:#x}, {top:#x})"
+    r = check("smbase_in_tseg", snap(lowest - 1, highest + 1))
+    assert not r.passed and r.cpus == [0, 1] and r.detail == "CPU 0, 1 outside TSEG"
+
+
+def test_no_cpu_in_smm_names_them():
+    r = check("no_cpu_in_smm", snap(0x1FFBD000, 0x1FFBF000, in_smm=(1,)))
+    assert (r.passed, r.cpus, r.observed, r.detail) == (False, [1], {"in_smm": [1]},
+                                                        "CPU 1 in SMM")
+    r = check("no_cpu_in_smm", snap(0x1FFBD000, 0x1FFBF000))
+    assert (r.passed, r.detail) == (True, "")
+
+
+def test_smbase_unchanged_needs_a_snapshot_before():
+    r = check("smbase_unchanged", snap(0x1FFBD000))
+    assert (r.passed, r.observed, r.detail) == (
+        False, "none", "add a snapshot step earlier in the scenario")
+
+
+def test_passing_checks_say_nothing_and_failing_ones_say_why():
+    s = snap(0x1FFBD000, 0x1FFBF000, online=[True, False])
+    assert check("smi_features", s, ["broadcast", "cpu_hotplug"]).detail == ""
+    assert check("smi_features", s, ["broadcast"]).detail == \
+        "negotiated SMI features differ"
+    assert check("cpus_present", s, 2).detail == ""
+    assert check("cpus_present", s, 3).detail == "CPUs present: [0, 1]"
+    r = check("cpus_online", s, 1)
+    assert (r.passed, r.detail, r.cpus) == (True, "", [])
+    r = check("cpus_online", s, 2)
+    assert (r.passed, r.detail, r.cpus) == (False, "offline: [1]", [1])
+
+
+def test_cpus_online_unknown_is_a_failure():
+    r = check("cpus_online", snap(0x1FFBD000), 1)
+    assert (r.passed, r.observed, r.detail) == (
+        False, "unknown", "the guest did not report online CPUs")
+
+
+def test_tseg_locked_with_registers_unknown_fails():
+    s = snap(0x1FFBD000)
+    s.registers = {"smram": 0x1A}
+    r = check("tseg_locked", s)
+    assert (r.passed, r.observed) == (False, "registers unknown")
+    s.registers = {"esmramc": 0x3F}
+    assert check("tseg_locked", s).observed == "registers unknown"
+
+
+def test_guest_alive_words():
+    s = snap(0x1FFBD000)
+    assert check("guest_alive", s, guest_alive=True).observed == "answers"
+    assert check("guest_alive", s, guest_alive=True).passed
+    r = check("guest_alive", s, guest_alive=None)
+    assert (r.passed, r.observed) == (False, "not asked")
+    assert check("guest_alive", s, guest_alive=False).observed == "no answer"
+
+
+def test_microcode_uniform_unknown_revisions_are_not_uniform():
+    r = check("microcode_uniform", snap(0x1FFBD000, 0x1FFBF000, ucode=[None, None]))
+    assert not r.passed
+    r = check("microcode_uniform", snap(1, 2, 3, ucode=[7, 7, 9]))
+    assert not r.passed and r.cpus == [2] and r.detail == "CPU 2 differ"

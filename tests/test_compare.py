@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness import scenario
 from harness.firmware import known_identity
-from harness.compare import compare_traces, format_divergence
+from harness.compare import compare, compare_traces, format_comparison, format_divergence
 from harness.model.backend import ModelBackend
 from harness.model.cpu import TCG
 from harness.runner import run_scenario
@@ -52,9 +52,10 @@ def test_init_latched_under_tcg_changes_the_hang(tmp_path):
     assert good.met
     d = compare_traces(good.trace_path, bad.trace_path)
     # same signature (boot CPUs in SMM, new CPU halted), but with INIT latched the new
-    # CPU was relocated before it stopped: the report must point at its SMBASE
-    assert (d.step, d.op, d.cpu, d.field) == (2, "hotplug", 2, "smbase")
-    assert d.left == 0x30000 and d.right == 0x1FFC1000
+    # CPU was relocated before it stopped: the report must point at its SMBASE (the
+    # signature names the CPUs still at 0x30000)
+    assert (d.step, d.op, d.cpu, d.field) == (2, "hotplug", None, "hang.smbase_default")
+    assert d.left == [2] and d.right == []
 
 
 def test_diff_cli_exit_status(tmp_path):
@@ -63,7 +64,8 @@ def test_diff_cli_exit_status(tmp_path):
               ModelBackend("tcg", FIRMWARE, profile_overrides={"smbase_stride": 0x1000}), "bad")
     same = subprocess.run([sys.executable, "-m", "harness", "diff", str(good.trace_path),
                            str(good.trace_path)], capture_output=True, text=True, cwd=ROOT)
-    assert same.returncode == 0 and same.stdout.strip() == "traces agree"
+    assert same.returncode == 0 and same.stdout.splitlines()[0] == "traces agree"
+    assert "compared:" in same.stdout and "  smbase: step 2 (check)" in same.stdout
     diff = subprocess.run([sys.executable, "-m", "harness", "diff", str(good.trace_path),
                            str(bad.trace_path)], capture_output=True, text=True, cwd=ROOT)
     assert diff.returncode == 1
@@ -92,3 +94,87 @@ def test_cut_trace_diverges_on_step_count(tmp_path):
     cut.write_text("\n".join(lines[:2]) + "\n")       # header + first step only
     d = compare_traces(a.trace_path, cut)
     assert d.field == "steps run" and (d.left, d.right) == (4, 1)
+
+
+# unplug-coldplugged as run on QEMU 7.2.22 + OVMF 2022.11 (TCG, 2026-12-02): after an
+# unplug its snapshots come from QMP/HMP only (no SMBASE, no TSEG)
+RECORDED_QEMU = ROOT / "tests" / "data" / "traces" / \
+    "unplug-coldplugged-qemu-7.2.22-ovmf-2022.11.jsonl"
+
+
+class DeadSmbaseAfterUnplug(ModelBackend):
+    """A wrong model: once a CPU was unplugged, every SMBASE reads 0xDEAD0000 and TSEG is
+    unlocked (``smbase``, ``tseg``: which of the two it gets wrong)."""
+
+    def __init__(self, *a, smbase=True, tseg=True, **kw):
+        super().__init__(*a, **kw)
+        self.wrong_smbase, self.wrong_tseg, self.unplugged = smbase, tseg, False
+
+    def unplug(self, slot, timeout=None):
+        r = super().unplug(slot, timeout)
+        self.unplugged = True
+        return r
+
+    def snapshot(self):
+        s = super().snapshot()
+        if self.unplugged:
+            for c in s.cpus:
+                if self.wrong_smbase:
+                    c.smbase = 0xDEAD0000
+            if self.wrong_tseg:
+                s.tseg.locked = False
+        return s
+
+
+def model_run(tmp_path, backend, tag):
+    scn = scenario.load(ROOT / "scenarios" / "unplug-coldplugged.yaml")
+    d = tmp_path / tag
+    return run_scenario(scn, backend, "tcg", d, d / "trace.jsonl", qemu_version="7.2.22",
+                        firmware_edk2=202211)
+
+
+def test_the_model_agrees_with_recorded_qemu_and_says_what_was_not_observable(tmp_path):
+    r = model_run(tmp_path, ModelBackend("tcg", FIRMWARE), "good")
+    c = compare(RECORDED_QEMU, r.trace_path)
+    assert c.divergence is None
+    text = format_comparison(c)
+    assert text.splitlines()[0] == "traces agree"
+    assert "  smbase: step 4 (check), step 5 (before the unplug)\n" in text
+    assert ("  smbase step 6 (check) after the unplug at step 5, step 7 (before the "
+            "unplug), step 8 (check) after the unplug at step 7: not observable on QEMU "
+            "7.2.22 (snapshot from QMP/HMP only") in text
+    assert "  tseg.locked step 6 (check) after the unplug at step 5" in text
+
+
+def test_a_model_moving_smbase_to_0xdead0000_after_an_unplug_is_caught(tmp_path):
+    r = model_run(tmp_path, DeadSmbaseAfterUnplug("tcg", FIRMWARE), "dead")
+    assert r.met       # its own checks cannot see it: smbase is not checked after
+    d = compare_traces(RECORDED_QEMU, r.trace_path)
+    assert d is not None
+    assert (d.step, d.op, d.cpu, d.field) == (6, "check", 0, "smbase")
+    assert d.left is None and d.right == 0xDEAD0000
+    # 0x1ffbf000: CPU 0 as QEMU 7.2.22 + OVMF 2022.11 showed it before the unplug (512
+    # MiB, maxcpus 3: the findings table's first tile, 0x3b000 + 3 * 0x2000 below 512 MiB)
+    assert d.note == ("changed where QEMU 7.2.22 could not observe it (both saw "
+                      "0x1ffbf000 at step 5 (before the unplug))")
+    assert "qemu None != model 0xdead0000: changed where" in format_divergence(d)
+
+
+def test_a_model_unlocking_tseg_after_an_unplug_is_caught(tmp_path):
+    r = model_run(tmp_path, DeadSmbaseAfterUnplug("tcg", FIRMWARE, smbase=False), "tseg")
+    d = compare_traces(RECORDED_QEMU, r.trace_path)
+    assert (d.step, d.field, d.left, d.right) == (6, "tseg.locked", None, False)
+    assert "both saw True at step 5 (before the unplug)" in d.note
+
+
+def test_a_field_one_side_lacks_is_listed_not_skipped(tmp_path):
+    a = run(tmp_path, "boot-2-of-4", ModelBackend("tcg", FIRMWARE), "a")
+    recs = [json.loads(x) for x in a.trace_path.read_text().splitlines()]
+    for r in recs:
+        if r.get("snapshot"):
+            r["snapshot"]["cpus"][1]["ucode_rev"] = None
+    b = tmp_path / "b.jsonl"
+    b.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    c = compare(a.trace_path, b)
+    assert c.divergence is None
+    assert ("ucode_rev", "not reported by model (B)") in c.coverage.unobserved

@@ -63,3 +63,17 @@ def test_every_scenario_bug_is_known():
         for e in scenario.load(f).expect.values():
             if e.outcome != "pass" and e.bug:
                 assert e.bug in kb.BY_NAME
+
+
+def test_every_model_rule_says_what_it_rests_on_as_its_bug_does():
+    from harness.model.qemu_defects import RESTS_ON
+    for bug in kb.BUGS:
+        assert bug.rests_on in ("mechanism", "observation")
+        if bug.model_defect:
+            basis, why = RESTS_ON[bug.model_defect]
+            assert basis == bug.rests_on, bug.name
+            assert why
+    # a mechanism names the code it mirrors
+    for bug in kb.BUGS:
+        if bug.rests_on == "mechanism":
+            assert ".c " in bug.evidence or ".c:" in bug.evidence, bug.name

@@ -81,7 +81,7 @@ class Machine:
         if msg:
             raise Refused(msg)
         if self.heap_corrupted:
-            self._die(qemu_defects.MSG_HEAP.format(what="device_add"))
+            self._die(qemu_defects.MSG_HEAP.format(what="device_add"), qemu_defects.HEAP_SOURCE)
         if (self.defects.tcg_contexts_not_recycled and self.vcpu_threads >= n
                 and self.config.effective_tcg_thread == "multi"):
             self._die(qemu_defects.MSG_TCG_CONTEXTS)
@@ -123,9 +123,10 @@ class Machine:
         self.cpus.remove(cpu)
         self.guest.forget(cpu)
 
-    def _die(self, message):
-        """The modelled QEMU aborts: this and every later request raise QemuCrashed."""
-        self.dead = QemuCrashed(qemu_defects.SIGABRT_STATUS, message)
+    def _die(self, message, source="qemu"):
+        """The modelled QEMU aborts: this and every later request raise QemuCrashed.
+        ``source``: "qemu" where the message is QEMU's own text, else what it rests on."""
+        self.dead = QemuCrashed(qemu_defects.SIGABRT_STATUS, message, source)
         raise self.dead
 
     def cpu_by_apic(self, apic):
@@ -229,7 +230,7 @@ class Machine:
 
     def system_reset(self):
         if self.heap_corrupted:
-            self._die(qemu_defects.MSG_HEAP.format(what="system_reset"))
+            self._die(qemu_defects.MSG_HEAP.format(what="system_reset"), qemu_defects.HEAP_SOURCE)
         self.stuck = None
         self.sci_lost = None         # the IOAPIC is reset
         self.gpe_sts = False         # acpi_gpe_reset
@@ -305,8 +306,16 @@ class Machine:
                 "where": c.where, "wait_for_sipi": c.wait_sipi,
                 "pending_smi": c.pending_smi, "pending_init": c.pending_init,
             })
+        # the model's evidence is its scheduler's: no CPU can make a step that changes
+        # anything (each halted, or spinning on a condition no other CPU will change)
+        resets = getattr(self.firmware, "fatal_resets", None)
+        evidence = {"kind": "reset-loop" if resets else "stall",
+                    "source": resets or "model scheduler",
+                    "cpus": [{"index": c["index"], "in_smm": c["in_smm"],
+                              "halted": c["halted"], "cs": c["cs"], "rip": None}
+                             for c in cpus]}
         return {"reason": reason, "cpus": cpus, "firmware_fatal": self.firmware.fatal,
-                "steps": self.steps}
+                "steps": self.steps, "evidence": evidence}
 
     @staticmethod
     def cpu_halted(c):

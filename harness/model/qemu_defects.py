@@ -25,10 +25,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SIGABRT_STATUS = -6          # how subprocess reports QEMU's abort()
+# Whose words a modelled crash's message is (QemuCrashed.source): the thread-join and TCG
+# context messages are QEMU's own stderr lines, copied from real runs; the heap
+# corruption's is the model's description (glibc's text varies), a rule, not QEMU's.
+HEAP_SOURCE = "model rule (observation: QEMU 7.2.22 dies, glibc's message varies)"
 MSG_THREAD_JOIN = "qemu: qemu_thread_join: Resource deadlock avoided"
 MSG_TCG_CONTEXTS = "tcg_register_thread: assertion failed: (n < tcg_max_ctxs)"
-MSG_HEAP = ("QEMU died at {what} after a CPU unplug: the unplug corrupted its heap "
-            "(glibc aborts, e.g. 'corrupted double-linked list')")
+MSG_HEAP = "QEMU dies at {what} after a CPU unplug (the model's rule, not QEMU's words)"
+
+
+# What each rule rests on: "mechanism" (derived from the QEMU code it mirrors, named) or
+# "observation" (fitted to runs, with the builds it was seen on). The README's findings
+# table and the kvm expectations (tests/model/test_kvm_predictions.py) say the same.
+RESTS_ON = {
+    "eject_aborts_single_threaded_tcg": (
+        "observation", "QEMU 7.2.22, 10.0.2 and 11.1.3 abort with 'qemu_thread_join: "
+        "Resource deadlock avoided' when OVMF ejects under thread=single; the mechanism "
+        "(cpu_remove_sync joining the one round-robin vCPU thread from itself) is "
+        "inferred from the message, not traced in the source"),
+    "heap_corrupted_by_unplug": (
+        "observation", "QEMU 7.2.22: after an unplug, system_reset, device_add and "
+        "migration die (glibc heap checks); where the heap is corrupted is not known, so "
+        "the rule is 'the next of those dies', and its message is the model's"),
+    "tcg_contexts_not_recycled": (
+        "mechanism", "tcg/tcg.c tcg_register_thread: assert(n < tcg_max_ctxs), "
+        "tcg_max_ctxs = max_cpus under multi-threaded TCG and a context is never given "
+        "back on unplug; seen on QEMU 11.1.3"),
+    "logical_delivery_stops_at_apic_hole": (
+        "mechanism", "hw/intc/apic.c apic_get_delivery_bitmask: 'if (!apic) break;' in "
+        "the logical-destination loops, until the x2APIC rework (QEMU 9.0); seen on "
+        "QEMU 7.2.22"),
+}
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,13 @@ class GuestAgent:
 
     # ------------------------------------------------------------ API
 
-    def wait_ready(self, timeout: float = 60.0, probe_after: Optional[float] = None) -> float:
+    def wait_ready(self, timeout: float = 60.0, probe_after: Optional[float] = None,
+                   tick: Optional[Callable[[], None]] = None,
+                   tick_every: float = 0.5) -> float:
         """Wait for the agent's banner; return the seconds it took.
+
+        ``tick`` is called every ``tick_every`` seconds while waiting (the backend looks
+        at the machine's progress there, and may raise to end the wait).
 
         If the kernel is known to run (``/init`` printed its mark) and the banner has
         not come 2 s later, or once ``probe_after`` seconds have passed, the client
@@ -105,6 +110,7 @@ class GuestAgent:
         probe_tok: Optional[str] = None
         probe_re = None
         next_probe = float("inf") if probe_after is None else start + probe_after
+        next_tick = start + tick_every if tick else float("inf")
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -112,7 +118,8 @@ class GuestAgent:
             patterns = [READY_RE, INIT_MARK, pexpect.TIMEOUT, pexpect.EOF]
             if probe_re is not None:
                 patterns.append(probe_re)
-            step_deadline = min(deadline, max(now + 0.05, next_probe))
+            step_deadline = min(deadline, max(now + 0.05, next_probe),
+                                max(now + 0.05, next_tick))
             try:
                 idx = self._expect(patterns, step_deadline)
             except pexpect.TIMEOUT:  # pragma: no cover - patterns include TIMEOUT
@@ -134,6 +141,9 @@ class GuestAgent:
                 self.banner = self.banner or "(probe answered)"
                 self._say(f"agent: answered a probe after {elapsed:.2f}s")
                 return elapsed
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + tick_every
+                tick()
             if time.monotonic() >= next_probe:
                 probe_tok = secrets.token_hex(8)
                 probe_re = re.compile(b"@@" + probe_tok.encode() + rb" RC=\d+@@")

@@ -1,9 +1,13 @@
 """The real backend: scenario steps on a real QEMU q35 + OVMF + Linux guest.
 
-Every wait has a deadline. When the guest stops answering, the backend does not just
-time out: it collects a diagnosis (HMP ``info registers -a`` per CPU: SMM, HLT, CS:RIP;
-``query-cpus-fast``; a migration-stream snapshot with every CPU's SMBASE; the console
-tail), keeps it in the run directory, and raises ``Hang`` with it.
+Every wait has a deadline, and a deadline only bounds a wait: a hang is what the
+machine shows (harness.qemu.progress: every CPU at one place, no console or firmware
+output, or a reset loop), sampled while the boot or hot-add is waited for, and once a
+wait has run out. Without that evidence a wait that runs out is ``StillProgressing``
+(an error, never an expected hang). With it, the backend collects a diagnosis (HMP
+``info registers -a`` per CPU: SMM, HLT, CS:RIP; ``query-cpus-fast``; a migration-stream
+snapshot with every CPU's SMBASE; the console tail), keeps it in the run directory, and
+raises ``Hang`` with the evidence.
 """
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from .. import firmware as fwmod
 from .. import known_bugs, settings
 from .. import hw
 from ..backend import UNPLUG_TIMEOUT, Backend
-from ..errors import BackendError, Hang, NotRemoved, QemuCrashed, QemuError, Refused
+from ..errors import (BackendError, Hang, NotRemoved, QemuCrashed, QemuError, Refused,
+                      StillProgressing)
 from ..machine import CpuPlug, MachineConfig
 from ..microcode.cpuid import cpuid_signature
 from ..snapshot import Snapshot
 from . import process
+from .progress import SAMPLE_INTERVAL, CpuPlace, ProgressMonitor, Sample, console_progress
 from .qmp import QmpCommandError
 from .vm import QemuVM
 
@@ -29,6 +35,9 @@ COMMAND_TIMEOUT = 30.0
 HOTPLUG_TIMEOUT = 30.0
 AGENT_PROBE = 4.0          # an unanswered agent probe makes us look at the CPUs
 MIGRATE_TIMEOUT = 60.0
+# once a wait has run out: how long to keep looking for evidence that the machine hangs
+# (more than a stall window on a host giving QEMU a third of a core)
+EVIDENCE_WAIT = 45.0
 # A CPU caught in SMM may just be servicing a legitimate SMI (an EFI variable call,
 # another CPU's 0xB2 write): "left in SMM" means still there after this long.
 SMM_SETTLE = 2.0
@@ -125,6 +134,7 @@ class QemuBackend(Backend):
         # snapshots come from QMP/HMP only (no SMBASE); newer QEMU is migrated as ever.
         self.unplugged = False
         self._nsnap = 0
+        self._guest_reports = []    # the guest kernel's own stall reports (console)
 
     # --- set-up ----------------------------------------------------------------------
     def start(self, machine: MachineConfig, run_dir: Path, paused: bool) -> dict:
@@ -197,8 +207,8 @@ class QemuBackend(Backend):
         try:
             rc, out = self.agent.run(command, timeout=timeout)
         except Hang:
-            raise self._hang(what or f"guest did not answer {command[:40]!r} within "
-                             f"{timeout:.0f} s") from None
+            raise self._prove_hang(what or f"guest did not answer {command[:40]!r} "
+                                   f"within {timeout:.0f} s") from None
         except BackendError:      # the console closed: QEMU died under us?
             self.vm.raise_if_crashed()
             raise
@@ -211,11 +221,15 @@ class QemuBackend(Backend):
         self._qmp("cont")
         self.running = True
         self.agent = GuestAgent(self.vm.console)
+        what = "guest did not boot to its agent"
+        monitor = ProgressMonitor()
         try:
-            self.agent.wait_ready(timeout)
-        except Hang:
-            raise self._hang(f"guest did not boot to its agent within {timeout:.0f} s") \
-                from None
+            self.agent.wait_ready(timeout, tick=lambda: self._watch(monitor, what),
+                                  tick_every=SAMPLE_INTERVAL)
+        except Hang as e:
+            if e is self.hung:               # proven while waiting
+                raise
+            raise self._prove_hang(f"{what} within {timeout:.0f} s", monitor) from None
         except BackendError as e:
             self.vm.raise_if_crashed()
             raise QemuError(f"console closed during boot ({e}); "
@@ -240,17 +254,17 @@ class QemuBackend(Backend):
         # The guest's ACPI GPE handler runs the CPU scan (and the SMI upcall); the new
         # CPU is handled once the guest lists it. A firmware hang shows as silence.
         deadline = time.monotonic() + HOTPLUG_TIMEOUT
+        monitor = ProgressMonitor()
         while True:
             left = deadline - time.monotonic()
             what = f"guest stopped answering after the hot-add of slot {which}"
             if left <= 0:
-                raise self._hang(f"guest did not list the CPU hot-added in slot {which} "
-                                 f"within {HOTPLUG_TIMEOUT:.0f} s")
+                raise self._prove_hang(f"guest did not list the CPU hot-added in slot "
+                                       f"{which} within {HOTPLUG_TIMEOUT:.0f} s", monitor)
             try:
                 rc, out = self.agent.run(CPU_LIST_CMD, timeout=min(left, AGENT_PROBE))
             except Hang:
-                if self._stuck_in_smm():
-                    raise self._hang(what + " (CPUs stay in SMM)") from None
+                self._watch(monitor, what)
                 continue
             cpus = parse_cpu_list(out)
             if all(s in cpus for s in slots):
@@ -260,21 +274,6 @@ class QemuBackend(Backend):
                     res["guest_cpu"] = cpus[cpu.slot]["linux"]
                 return res
             time.sleep(0.2)
-
-    def _stuck_in_smm(self, samples=3, interval=1.0):
-        """True if the same CPUs are in SMM in every sample: an SMI handler does not
-        take seconds, so that is firmware waiting for something that will not come."""
-        from .hmp_diag import parse_info_registers
-        seen = None
-        for i in range(samples):
-            if i:
-                time.sleep(interval)
-            cpus = parse_info_registers(self.vm.qmp.hmp("info registers -a"))
-            in_smm = {c["index"] for c in cpus if c.get("in_smm")}
-            seen = in_smm if seen is None else seen & in_smm
-            if not seen:
-                return False
-        return True
 
     def unplug(self, slot: int, timeout: float | None = None) -> dict:
         self._require_alive()
@@ -383,11 +382,17 @@ class QemuBackend(Backend):
         self._require_alive()
         t0 = time.monotonic()
         self._qmp("system_reset")
+        what = "guest did not come back after system_reset"
+        monitor = ProgressMonitor()
         try:
-            self.agent.wait_ready(settings.boot_timeout())
-        except Hang:
-            raise self._hang(f"guest did not come back within {settings.boot_timeout():.0f} s of "
-                             f"system_reset") from None
+            self.agent.wait_ready(settings.boot_timeout(),
+                                  tick=lambda: self._watch(monitor, what),
+                                  tick_every=SAMPLE_INTERVAL)
+        except Hang as e:
+            if e is self.hung:
+                raise
+            raise self._prove_hang(f"{what} within {settings.boot_timeout():.0f} s",
+                                   monitor) from None
         except BackendError:
             self.vm.raise_if_crashed()
             raise
@@ -506,9 +511,48 @@ class QemuBackend(Backend):
         ioapic = parse_ioapic(pic)
         return ioapic, lost_sci(ioapic, lapics, apic_ids)
 
-    def _hang(self, reason) -> Hang:
+    # --- is it a hang? --------------------------------------------------------------------
+    def _sample(self) -> Sample:
+        """Where every CPU is, how much work QEMU did, what guest and firmware printed."""
+        from .hmp_diag import parse_info_registers
+        regs = parse_info_registers(self.vm.qmp.hmp("info registers -a"))
+        console, self._guest_reports = console_progress(self.vm.console_text())
+        return Sample(t=time.monotonic(), cpu_seconds=process.cpu_seconds(self.vm.proc.pid),
+                      cpus=tuple(CpuPlace(c["index"], bool(c["in_smm"]), bool(c["halted"]),
+                                          c["cs"], c["eip"]) for c in regs),
+                      console=console, debugcon=self.vm.debugcon_bytes(),
+                      resets=self.vm.qmp.guest_resets)
+
+    def _watch(self, monitor, what):
+        """One sample into ``monitor``; raises the Hang once the samples prove it."""
+        if not self.vm.alive():
+            self._require_alive()
+        monitor.add(self._sample())
+        evidence = monitor.verdict()
+        if evidence is not None:
+            evidence.guest_reports = list(self._guest_reports[-4:])
+            raise self._hang(what, evidence)
+
+    def _prove_hang(self, what, monitor=None) -> Hang:
+        """A wait ran out: watch the machine (up to EVIDENCE_WAIT s) for evidence that
+        it hangs. Returns the Hang if there is some; a machine that is still making
+        progress (or not yet provably not) raises StillProgressing: slow is not hung."""
+        monitor = monitor or ProgressMonitor()
+        end = time.monotonic() + EVIDENCE_WAIT
+        while True:
+            self.vm.pull_console()
+            try:
+                self._watch(monitor, what)
+            except Hang as e:
+                return e
+            if time.monotonic() >= end:
+                raise StillProgressing(what, monitor.progress_text())
+            time.sleep(SAMPLE_INTERVAL)
+
+    def _hang(self, reason, evidence) -> Hang:
         """Collect the diagnosis bundle, remember the machine is stuck, return a Hang."""
-        d = {"reason": reason}
+        reason = f"{reason}: {evidence.text()}"
+        d = {"reason": reason, "evidence": evidence.to_dict()}
         bundle = self.vm.run_dir / "hang"
         bundle.mkdir(exist_ok=True)
         cpus = []

@@ -42,8 +42,12 @@ def _set_pdeathsig():
 
 
 def spawn(argv, stdout, stderr):
+    # glibc writes its fatal messages (heap corruption: "free(): invalid next size")
+    # to the controlling terminal, not to stderr, unless LIBC_FATAL_STDERR_ is set: a
+    # crash must leave QEMU's words in qemu-stderr.log, whatever terminal ran us
+    env = {**os.environ, "LIBC_FATAL_STDERR_": "1"}
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                            preexec_fn=_set_pdeathsig, close_fds=True)
+                            preexec_fn=_set_pdeathsig, close_fds=True, env=env)
     _live.add(proc)
     return proc
 
@@ -59,6 +63,14 @@ def kill(proc, grace=3.0):
             proc.wait(5)
     _live.discard(proc)
     return proc.returncode
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system, seconds) a process has used: how much work QEMU did,
+    whatever share of the host it got (harness.qemu.progress)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def kill_all():

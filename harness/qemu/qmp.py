@@ -35,6 +35,9 @@ class QmpSession:
         # called when a command fails for want of an answer: may raise a better error
         # (QemuCrashed when the process died under us)
         self.on_failure = None
+        # resets the guest asked for (RESET events with guest: true): a firmware that
+        # resets over and over is a hang whatever the clock says (harness.qemu.progress)
+        self.guest_resets = 0
 
     def _log(self, kind, obj):
         self.log.write(json.dumps({"t": round(time.time(), 3), kind: obj}, default=str) + "\n")
@@ -93,6 +96,8 @@ class QmpSession:
         try:
             for ev in self._qmp.get_events(wait=False):
                 self._log("event", ev)
+                if ev.get("event") == "RESET" and (ev.get("data") or {}).get("guest"):
+                    self.guest_resets += 1
         except Exception:
             pass
 

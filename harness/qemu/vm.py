@@ -148,6 +148,34 @@ class QemuVM:
             self._console_log.close()
         shutil.rmtree(self.sock_dir, ignore_errors=True)
 
+    def console_text(self):
+        """The guest console output read so far."""
+        log = self._console_log
+        if log is not None and not log.closed:
+            log.flush()
+        try:
+            return self.paths()["console_log"].read_bytes().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def pull_console(self):
+        """Read what the console has pending into its log (a wait's evidence); only
+        where no guest command is waiting for its answer."""
+        if self.console is None:
+            return
+        try:
+            while self.console.read_nonblocking(1 << 16, timeout=0):
+                pass
+        except Exception:          # nothing pending (TIMEOUT) or closed (EOF)
+            pass
+
+    def debugcon_bytes(self):
+        """Bytes the firmware has written to its debug console (port 0x402)."""
+        try:
+            return self.paths()["debugcon"].stat().st_size
+        except OSError:
+            return 0
+
     def console_tail(self, lines=30):
         try:
             text = self.paths()["console_log"].read_bytes().decode("utf-8", "replace")

@@ -21,7 +21,8 @@ def hot_add(sem, **kw):
 
 
 def test_reference_outcomes():
-    assert hot_add(TCG)[:2] == ("hang", {"in_smm": [0, 1], "halted": [2]})
+    assert hot_add(TCG)[:2] == ("hang", {"in_smm": [0, 1], "halted": [2], "spinning": [0, 1],
+                                         "smbase_default": [2], "evidence": "stall"})
     assert hot_add(KVM)[:2] == ("ok", 0x1ffc1000)
 
 

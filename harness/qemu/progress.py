@@ -1,0 +1,201 @@
+"""Whether a machine makes progress: the evidence a hang verdict rests on.
+
+A wait running out proves nothing: a slow host (QEMU sharing a core, a migration, a
+CPU-burning neighbour) makes a healthy boot take three times as long. So a hang is
+established only by what the machine does, sampled from outside:
+
+- every CPU stays at one place across the samples: the same SMM and HLT state, the same
+  CS, and RIP within ``SPIN_SPAN`` bytes (TCG reports RIP at the start of a translation
+  block, so a spin loop shows one or two addresses; a halted CPU one);
+- the guest's console and the firmware's debug console (port 0x402) print nothing;
+- QEMU reports no guest reset;
+
+and that for long enough: at least ``STALL_SAMPLES`` samples over ``STALL_CPU_SECONDS``
+of QEMU's own CPU time per running vCPU (work done without progress: a starved or
+stopped QEMU does not accrue it, and the vCPUs that spin share it, in one TCG thread or
+several), or, when every CPU is halted throughout (QEMU idle), ``STALL_IDLE_SECONDS``
+of wall time. Or: the firmware resets the machine over and over (``RESET_LOOP`` guest
+resets with the console silent), each cycle starting again from the reset vector.
+
+Measured on QEMU 7.2.22 + OVMF 2022.11 (2 vCPUs, TCG, this 2-core machine): a healthy
+boot's longest stay of every CPU at one place is about 1.5 s of QEMU CPU time (the BSP
+in a PEI wait loop, the AP halted at its reset vector); OVMF with 1 MiB TSEG resets the
+machine every 3.3 s; the sparse cold-plug hang spins CPU 0 at one RIP for good. With
+three vCPUs and multi-threaded TCG, a healthy boot keeps every CPU in SMM for 19 s, CPU
+0 within 0xf4 bytes for 5 s of it (4.2 s of QEMU CPU time, three vCPUs spinning): why
+the work is counted per running vCPU.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+SAMPLE_INTERVAL = 0.5        # seconds between samples
+SPIN_SPAN = 0x100            # RIPs within this many bytes are one place (a spin loop)
+STALL_SAMPLES = 6
+STALL_CPU_SECONDS = 5.0      # > 3 x the longest healthy stay at one place (1.5 s)
+STALL_IDLE_SECONDS = 8.0     # every CPU halted, QEMU idle: wall time (timers still run)
+RESET_LOOP = 3               # guest resets, console silent: the firmware resets in a loop
+# The guest's own reports of a stall are not progress: a slowed sparse cold-plug hang
+# prints "watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [migration/0:16]" every
+# 20-odd seconds (QEMU 7.2.22, OVMF 2022.11, loglevel=3 shows only these lines)
+STALL_REPORT = re.compile(r"(?:\[ *\d+\.\d+\] )?(?:watchdog: BUG: soft lockup|Watchdog "
+                          r"detected hard LOCKUP|rcu: INFO: \S+ (?:self-)?detected stall)"
+                          r"[^\r\n]*")
+
+
+def console_progress(text):
+    """(bytes of console output that are not the kernel's stall reports, those
+    reports): what counts as the guest printing something, and its own words."""
+    reports = STALL_REPORT.findall(text)
+    return len(STALL_REPORT.sub("", text).encode("utf-8", "replace")), \
+        [r.strip() for r in reports]
+
+
+@dataclass(frozen=True)
+class CpuPlace:
+    index: int
+    in_smm: bool
+    halted: bool
+    cs: int | None
+    rip: int | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float                      # monotonic seconds
+    cpu_seconds: float            # QEMU's CPU time (user + system)
+    cpus: tuple                   # CpuPlace per CPU
+    console: int                  # bytes the guest console printed so far (no stall reports)
+    debugcon: int                 # bytes of firmware debug output so far
+    resets: int                   # guest resets QEMU reported so far
+
+
+@dataclass
+class Evidence:
+    """Why the machine is taken as hung, in the trace's terms."""
+    kind: str                     # "stall" or "reset-loop"
+    samples: int
+    seconds: float
+    cpu_seconds: float
+    cpus: list = field(default_factory=list)   # per CPU: index, in_smm, halted, cs, rip
+    resets: int = 0
+    console_bytes: int = 0
+    debugcon_bytes: int = 0
+    guest_reports: list = field(default_factory=list)   # the kernel's stall reports
+
+    def spinning(self):
+        return sorted(c["index"] for c in self.cpus if not c["halted"])
+
+    def text(self):
+        if self.kind == "reset-loop":
+            return (f"the guest reset the machine {self.resets} times in {self.seconds:.1f} s "
+                    f"with nothing on its console")
+        where = "; ".join(
+            f"cpu{c['index']} {'halted' if c['halted'] else 'spinning'}"
+            f"{' in SMM' if c['in_smm'] else ''} at {_at(c)}" for c in self.cpus)
+        says = f"; the guest says: {self.guest_reports[-1]}" if self.guest_reports else ""
+        return (f"no progress over {self.samples} samples, {self.seconds:.1f} s "
+                f"({self.cpu_seconds:.1f} s of QEMU CPU time): {where}; console and "
+                f"firmware debug output unchanged{says}")
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+
+def _at(c):
+    cs = "????" if c["cs"] is None else f"{c['cs']:04x}"
+    if c["rip"] is None:
+        return f"{cs}:?"
+    lo, hi = c["rip"]
+    return f"{cs}:{lo:x}" if lo == hi else f"{cs}:{lo:x}-{hi:x}"
+
+
+def _same_place(a: CpuPlace, b: CpuPlace, lo, hi):
+    if (a.index, a.in_smm, a.halted, a.cs) != (b.index, b.in_smm, b.halted, b.cs):
+        return False
+    if b.rip is None or lo is None:
+        return b.rip is None and lo is None
+    return max(hi, b.rip) - min(lo, b.rip) <= SPIN_SPAN
+
+
+class ProgressMonitor:
+    """Samples in; a verdict out once the samples prove no progress."""
+
+    def __init__(self, stall_samples=STALL_SAMPLES, stall_cpu_seconds=STALL_CPU_SECONDS,
+                 stall_idle_seconds=STALL_IDLE_SECONDS, reset_loop=RESET_LOOP):
+        self.stall_samples = stall_samples
+        self.stall_cpu_seconds = stall_cpu_seconds
+        self.stall_idle_seconds = stall_idle_seconds
+        self.reset_loop = reset_loop
+        self.samples: list[Sample] = []
+        self.first: Sample | None = None
+
+    def add(self, s: Sample):
+        if self.first is None:
+            self.first = s
+        self.samples.append(s)
+        # keep only the run of samples at the same places as the newest one
+        keep = [s]
+        places = {c.index: (c, c.rip, c.rip) for c in s.cpus}
+        for old in reversed(self.samples[:-1]):
+            if not self._continues(old, s, places):
+                break
+            keep.append(old)
+        self.samples = keep[::-1]
+
+    @staticmethod
+    def _continues(old, new, places):
+        if (old.console, old.debugcon, old.resets) != (new.console, new.debugcon,
+                                                       new.resets):
+            return False
+        if {c.index for c in old.cpus} != set(places):
+            return False
+        for c in old.cpus:
+            ref, lo, hi = places[c.index]
+            if not _same_place(ref, c, lo, hi):
+                return False
+            if c.rip is not None:
+                places[c.index] = (ref, min(lo, c.rip), max(hi, c.rip))
+        return True
+
+    def verdict(self) -> Evidence | None:
+        if not self.samples:
+            return None
+        last = self.samples[-1]
+        resets = last.resets - self.first.resets
+        if resets >= self.reset_loop and last.console == self.first.console:
+            return Evidence("reset-loop", len(self.samples), last.t - self.first.t,
+                            last.cpu_seconds - self.first.cpu_seconds, self._cpus(),
+                            resets, last.console, last.debugcon)
+        first = self.samples[0]
+        if len(self.samples) < self.stall_samples or not last.cpus:
+            return None
+        busy = last.cpu_seconds - first.cpu_seconds
+        running = sum(1 for c in last.cpus if not c.halted)
+        idle = all(c.halted for s in self.samples for c in s.cpus)
+        if (running and busy / running >= self.stall_cpu_seconds) or (
+                idle and last.t - first.t >= self.stall_idle_seconds):
+            return Evidence("stall", len(self.samples), last.t - first.t, busy,
+                            self._cpus(), 0, last.console, last.debugcon)
+        return None
+
+    def _cpus(self):
+        out = []
+        for c in self.samples[-1].cpus:
+            rips = [p.rip for s in self.samples for p in s.cpus
+                    if p.index == c.index and p.rip is not None]
+            out.append({"index": c.index, "in_smm": c.in_smm, "halted": c.halted,
+                        "cs": c.cs, "rip": [min(rips), max(rips)] if rips else None})
+        return out
+
+    def progress_text(self):
+        """What the samples showed, for a wait that ended without evidence of a hang."""
+        if not self.samples or self.first is None:
+            return "no sample of the machine could be taken"
+        last = self.samples[-1]
+        return (f"{len(self.samples)} latest sample(s) at the same places over "
+                f"{last.t - self.samples[0].t:.1f} s "
+                f"({last.cpu_seconds - self.samples[0].cpu_seconds:.1f} s of QEMU CPU "
+                f"time), not enough to call it a hang; console {last.console} bytes, "
+                f"{last.resets - self.first.resets} guest reset(s) since watching began")
