@@ -75,9 +75,13 @@ def test_guest_that_never_boots_is_a_bounded_hang(tmp_path):
                 env={"SMM_HARNESS_BOOT_TIMEOUT": "8"})
     assert time.monotonic() - t0 < 60
     line = one_error_line(r)
-    assert line == "error: hang: guest did not boot to its agent within 8 s"
-    diag = tmp_path / "run" / "hang" / "diagnosis.json"
-    assert diag.exists() and (tmp_path / "run" / "hang" / "info-registers.txt").exists()
+    # bounded either way: a hang where the samples prove one, else (a flash of zeros gives
+    # the evidence monitor nothing to hold on to) "still progressing", never a clock's hang
+    assert re.match(r"error: (hang|still progressing at the deadline): guest did not boot "
+                    r"to its agent within 8 s", line), line
+    if line.startswith("error: hang"):
+        diag = tmp_path / "run" / "hang" / "diagnosis.json"
+        assert diag.exists() and (tmp_path / "run" / "hang" / "info-registers.txt").exists()
     assert not qemu_pids(tmp_path)
 
 
@@ -148,7 +152,7 @@ def test_qemu_killed_under_the_harness_is_an_error_not_a_hang(tmp_path):
         b.start(MachineConfig(cpus=1, maxcpus=1), tmp_path, paused=True)
         b.vm.proc.kill()
         b.vm.proc.wait(10)
-        with pytest.raises(QemuError, match="QEMU exited"):
+        with pytest.raises(QemuError, match="QEMU (exited|killed by SIGKILL)"):
             b.wait(0.1)
     finally:
         b.close()

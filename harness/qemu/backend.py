@@ -540,6 +540,8 @@ class QemuBackend(Backend):
         monitor = monitor or ProgressMonitor()
         end = time.monotonic() + EVIDENCE_WAIT
         while True:
+            if not self.vm.alive():      # a dead QEMU is a crash (its words), never a hang
+                self.vm.raise_if_crashed()
             self.vm.pull_console()
             try:
                 self._watch(monitor, what)
