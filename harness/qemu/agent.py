@@ -71,6 +71,8 @@ class GuestAgent:
         left = max(0.0, deadline - time.monotonic())
         try:
             idx = self.child.expect(patterns, timeout=left)
+        except OSError as exc:       # QEMU closed the console under us (it died)
+            raise BackendError(f"guest console: connection lost: {exc}") from exc
         finally:
             self._note(self.child.before if isinstance(self.child.before, (bytes, str)) else b"")
             if isinstance(getattr(self.child, "after", None), (bytes, str)):

@@ -266,6 +266,9 @@ class QemuBackend(Backend):
             except Hang:
                 self._watch(monitor, what)
                 continue
+            except BackendError:      # the console closed: QEMU died under us?
+                self.vm.raise_if_crashed()
+                raise
             cpus = parse_cpu_list(out)
             if all(s in cpus for s in slots):
                 if more:
