@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ConfigError, HarnessError
+from .hostio import last_line, sha256_file
 
 _log = logging.getLogger(__name__)
 
@@ -152,9 +153,7 @@ def ensure_build_depends(who: str, log: Log) -> None:
         subprocess.run(["apt-get", "-q", "update"], capture_output=True, env=env, timeout=600)
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
-        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
-        raise HarnessError(f"{who}: cannot install build dependencies: "
-                           f"{lines[-1] if lines else proc.returncode}")
+        raise HarnessError(f"{who}: cannot install build dependencies: {last_line(proc)}")
 
 
 def dsc_files(dsc_text: str) -> Dict[str, str]:
@@ -184,9 +183,8 @@ def fetch_source(who: str, apt, package: str, version: str, dest: Path, log: Log
                            f"{package}={version}"], cwd=dest, capture_output=True,
                           text=True, timeout=1800)
     if proc.returncode != 0:
-        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.startswith("E:")]
         raise HarnessError(f"{who}: apt-get source {package}={version} failed: "
-                           f"{lines[-1] if lines else proc.returncode}")
+                           f"{last_line(proc)}")
     upstream = version.split(":", 1)[-1]
     dscs = sorted(dest.glob(f"{package}_{upstream}.dsc"))
     if not dscs:
@@ -194,10 +192,10 @@ def fetch_source(who: str, apt, package: str, version: str, dest: Path, log: Log
     dsc = dscs[0]
     files = dsc_files(dsc.read_text())
     for name, digest in files.items():
-        got = hashlib.sha256((dest / name).read_bytes()).hexdigest()
+        got = sha256_file(dest / name)
         if got != digest:
             raise HarnessError(f"{who}: {name}: sha256 {got} is not the .dsc's {digest}")
-    files[dsc.name] = hashlib.sha256(dsc.read_bytes()).hexdigest()
+    files[dsc.name] = sha256_file(dsc)
     tree = dest / "src"
     _run(["dpkg-source", "--no-check", "-x", dsc.name, str(tree)], dest / "dpkg-source.log",
          cwd=dest, timeout=900)
@@ -216,7 +214,7 @@ def apply_series(who: str, tree: Path, series: str, log_file: Path, log: Log) ->
         except HarnessError as e:
             raise HarnessError(f"{who}: {p.name} does not apply to the source: {e}") from None
         applied.append({"file": f"contrib/qemu/{series}/{p.name}",
-                        "sha256": hashlib.sha256(p.read_bytes()).hexdigest()})
+                        "sha256": sha256_file(p)})
     return applied
 
 
