@@ -114,7 +114,7 @@ def cmd_probe(a):
         print(json.dumps(out, indent=2))
     else:
         from .report import cpu_table
-        print(cpu_table(snap.to_dict()))
+        print(cpu_table(snap))
         print(f"  SMI features negotiated: {snap.smi_features.get('names')}")
     return 0
 

@@ -3,6 +3,7 @@
 The CLI and the pytest plugin print ``str(error)`` of any HarnessError and exit; anything
 else escaping is a bug of the harness.
 """
+from .diagnosis import Diagnosis
 
 
 class HarnessError(Exception):
@@ -79,8 +80,8 @@ class NotRemoved(BackendError):
 
     def __init__(self, slot, waited, diagnosis=None):
         self.slot, self.waited = slot, waited
-        self.diagnosis = diagnosis or {}
-        why = self.diagnosis.get("why")
+        self.diagnosis = Diagnosis.from_dict(diagnosis)
+        why = self.diagnosis.why
         super().__init__(f"CPU in slot {slot} not removed within {waited:g} s of device_del"
                          + (f": {why}" if why else ""))
 
@@ -98,33 +99,16 @@ class StillProgressing(BackendError):
 class Hang(BackendError):
     """The guest or firmware stopped making progress, shown by evidence.
 
-    ``diagnosis`` is a dict: {"reason": str, "evidence": {"kind": "stall" |
-    "reset-loop", ...} (what proves it: harness.qemu.progress.Evidence, or the model's
-    own scheduler), "cpus": [{"index", "apic_id", "in_smm", "halted", "cs", "eip",
-    "smbase"}...], ...} so reports and expectations can name which CPU is in SMM, which
-    is halted, which spins and which was never relocated.
+    ``diagnosis`` (a :class:`harness.diagnosis.Diagnosis`, or the backend's bag of
+    findings it is made from) names which CPU is in SMM, which is halted, which spins
+    and which was never relocated, and what proves the hang.
     """
 
     def __init__(self, reason, diagnosis=None):
         self.reason = reason
-        self.diagnosis = diagnosis or {}
+        self.diagnosis = Diagnosis.from_dict(diagnosis)
         super().__init__(f"hang: {reason}")
 
     def signature(self):
-        """The comparable part of a hang, by cpu index: CPUs in SMM, halted, spinning
-        at one place (from the evidence), still at the default SMBASE 0x30000 (never
-        relocated), and what proves the hang (``evidence``: stall or reset-loop)."""
-        from .hw import DEFAULT_SMBASE
-        cpus = self.diagnosis.get("cpus", [])
-        ev = self.diagnosis.get("evidence") or {}
-        sig = {"evidence": ev.get("kind"),
-               "smbase_default": sorted(c["index"] for c in cpus
-                                        if c.get("smbase") == DEFAULT_SMBASE)}
-        if ev.get("kind") == "reset-loop":
-            # the machine cycles through boot: no CPU state of one instant describes it
-            return {**sig, "in_smm": None, "halted": None, "spinning": None}
-        places = ev.get("cpus") or cpus     # a stall: the state the samples proved
-        return {**sig,
-                "in_smm": sorted(c["index"] for c in places if c.get("in_smm")),
-                "halted": sorted(c["index"] for c in places if c.get("halted")),
-                "spinning": sorted(c["index"] for c in places if not c.get("halted"))}
+        """The comparable part of the hang (:meth:`Diagnosis.signature`)."""
+        return self.diagnosis.signature()

@@ -157,7 +157,7 @@ def test_wait_ready_timeout_and_eof():
             agent.wait_ready(0.5)
         assert time.monotonic() - t0 < 3
         assert str(info.value) == "hang: guest agent did not start within 0.5s"
-        assert "booting..." in info.value.diagnosis["console_tail"]
+        assert "booting..." in info.value.diagnosis.console_tail
     finally:
         child.close(force=True)
     child = pexpect.spawn("sh", ["-c", "echo bye"], timeout=5)
