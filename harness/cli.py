@@ -92,7 +92,7 @@ def cmd_probe(a):
     opts = _options(a)
     machine = MachineConfig(cpus=a.smp, maxcpus=maxcpus, memory_mib=mib,
                             tseg_mbytes=a.tseg_mbytes, cpu_model=a.cpu,
-                            accel=resolve_accel(opts, "qemu"))
+                            accel=resolve_accel(opts))
     run_dir = Path(a.run_dir or "runs/probe")
     t = resolve_target(opts)
     b = QemuBackend(qemu=t.qemu_binary, ovmf_code=t.ovmf_code, ovmf_vars=t.ovmf_vars,
