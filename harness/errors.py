@@ -15,12 +15,26 @@ class ConfigError(HarnessError):
 
 
 class ScenarioError(ConfigError):
-    """A scenario file is malformed. Formats as ``file:line: key: what is wrong``."""
+    """A scenario file is malformed. Formats as ``file:line: key: what is wrong``; one
+    naming several problems (``problems``) is one such line each. ``file``, ``line``,
+    ``key`` and ``message`` are the first problem's."""
 
     def __init__(self, file, line, key, message):
         self.file, self.line, self.key, self.message = str(file), line, key, message
+        self.problems = [self]
         where = f"{self.file}:{line}" if line else self.file
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+    @classmethod
+    def of(cls, problems):
+        """One error for every problem of a file, in the order given."""
+        if len(problems) == 1:
+            return problems[0]
+        first = problems[0]
+        e = cls(first.file, first.line, first.key, first.message)
+        e.problems = list(problems)
+        e.args = ("\n".join(str(p) for p in problems),)
+        return e
 
 
 class BackendError(HarnessError):

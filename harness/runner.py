@@ -13,12 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import __version__, known_bugs
-from .hw import APM_NO_SMI
-from .checks import CheckContext, CheckResult, run_check
-from .errors import BackendError, HarnessError, Hang, NotRemoved, QemuCrashed, Refused
+from .errors import BackendError, HarnessError, Hang, QemuCrashed, Refused
 from .outcome import Outcome
-from .scenario import Expectation, Scenario, plug_of, plugs_of
+from .scenario import Expectation, Scenario
 from .snapshot import Snapshot
+from .steps import StepFailed, StepRun
 from .trace import TraceWriter
 
 # a QEMU ended by these was killed from outside (a user, the OOM killer, a test)
@@ -115,97 +114,6 @@ def _judge(expect, outcome: Outcome):
     return True, f"{got}{where}" + (" as expected" if got != "pass" else "")
 
 
-class _Run:
-    def __init__(self, scn, backend, trace):
-        self.scn, self.backend, self.trace = scn, backend, trace
-        self.last = None          # last Snapshot
-        self.previous = None      # the one before it
-        self.smis = 0             # SMIs raised since self.last
-
-    def take_snapshot(self):
-        snap = self.backend.snapshot()
-        self.previous, self.last = self.last, snap
-        smis, self.smis = self.smis, 0
-        return snap, smis
-
-    def step(self, step):
-        op, a, b = step.op, step.args, self.backend
-        if op == "coldplug":
-            return b.coldplug(plug_of(step)), None
-        if op == "hotplug":
-            return b.hotplug(*plugs_of(step)), None
-        if op == "boot":
-            return (b.boot(a["timeout"]) if "timeout" in a else b.boot()), None
-        if op == "unplug":
-            # the state just before: the last a QEMU whose migration fails after an
-            # unplug can show in full, so that the comparison has it (compare.py)
-            before = b.snapshot()
-            try:
-                return {**b.unplug(a["slot"], a.get("timeout")), "before": before}, None
-            except NotRemoved as e:
-                # the unplug's own verdict, so a known lost unplug is an expected `fail`
-                # whose diagnosis (`message`) is checked like any other signature
-                snap, _ = self.take_snapshot()
-                verdict = CheckResult(
-                    "cpu_removed", False, f"slot {e.slot} empty within {e.waited:g} s",
-                    f"CPU still in slot {e.slot}", e.diagnosis.why or "the CPU was not ejected",
-                    diagnosis=e.diagnosis)
-                raise _CheckFailed([verdict], {"removed": None}, snap) from None
-        if op == "online":
-            return b.online(a["slot"]), None
-        if op == "offline":
-            return b.offline(a["slot"]), None
-        if op == "smi":
-            res = b.smi(a["value"], a["data"], a["count"])
-            if a["value"] not in APM_NO_SMI:
-                self.smis += a["count"]
-            return res, None
-        if op == "guest":
-            res = b.guest(a["command"])
-            problems = []
-            if res.get("rc") != a["expect_rc"]:
-                problems.append(f"exit status {res.get('rc')}, expected {a['expect_rc']}")
-            if a["expect_output"] and not re.search(a["expect_output"], res.get("output", ""),
-                                                    re.M):
-                problems.append(f"output does not match /{a['expect_output']}/")
-            if problems:
-                raise _CheckFailed([CheckResult(
-                    "guest", False, {"rc": a["expect_rc"], "output": a["expect_output"]},
-                    {"rc": res.get("rc"), "output": res.get("output", "")[-500:]},
-                    "; ".join(problems))], res)
-            return res, None
-        if op == "wait":
-            return b.wait(a["seconds"]), None
-        if op == "reset":
-            return b.reset(), None
-        if op == "snapshot":
-            snap, _ = self.take_snapshot()
-            return {"cpus": len(snap.cpus)}, snap
-        if op == "check":
-            names = [c["name"] for c in a["checks"]]
-            alive = None
-            if "guest_alive" in names:
-                try:
-                    alive = b.guest("true").get("rc") == 0
-                except Hang:
-                    alive = False
-            snap, smis = self.take_snapshot()
-            ctx = CheckContext(snapshot=snap, previous=self.previous,
-                               smis_since_previous=smis, guest_alive=alive)
-            results = [run_check(c["name"], c["arg"], ctx) for c in a["checks"]]
-            if not all(r.passed for r in results):
-                raise _CheckFailed(results, None, snap)
-            return {"checks": results}, snap
-        raise AssertionError(op)
-
-
-class _CheckFailed(Exception):
-    """A step's own verdicts failed (``results``: CheckResult, every one of the step)."""
-
-    def __init__(self, results, result, snapshot=None):
-        self.results, self.result, self.snapshot = results, result, snapshot
-
-
 def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_version=None,
                  firmware_edk2=None) -> RunResult:
     """Run ``scn`` on ``backend`` (already constructed, not started); always closes it.
@@ -223,7 +131,7 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
     outcome = None
     steps_done = 0
     t_start = time.monotonic()
-    run = _Run(scn, backend, None)
+    run = StepRun(backend)
     try:
         try:
             info = backend.start(machine, run_dir, paused=True) or {}
@@ -238,9 +146,9 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
             snap = result = error = None
             try:
                 result, snap = run.step(step)
-            except (Refused, Hang, _CheckFailed, BackendError) as e:
+            except (Refused, Hang, StepFailed, BackendError) as e:
                 error, stopped = _stopped_by(e)
-                if isinstance(e, _CheckFailed):
+                if isinstance(e, StepFailed):
                     result = e.result
                 snap = stopped.snapshot
                 outcome = replace(stopped, step=i, op=step.op, line=step.line)
@@ -289,7 +197,7 @@ def _stopped_by(e) -> tuple[dict, Outcome]:
                  "diagnosis": e.diagnosis},
                 Outcome("hang", message=e.reason, signature=sig,
                         snapshot=e.diagnosis.snapshot))
-    if isinstance(e, _CheckFailed):
+    if isinstance(e, StepFailed):
         message = "; ".join(f"{r.name}: {r.detail or 'failed'}" for r in e.results
                             if not r.passed)
         return ({"kind": "check", "message": message, "checks": e.results},
