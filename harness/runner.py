@@ -7,6 +7,7 @@ so a known bug (an expected hang) passes while it reproduces and fails once it i
 """
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,8 @@ from .scenario import Expectation, Scenario
 from .snapshot import Snapshot
 from .steps import StepFailed, StepRun
 from .trace import TraceWriter
+
+log = logging.getLogger(__name__)
 
 # a QEMU ended by these was killed from outside (a user, the OOM killer, a test)
 OUTSIDE_SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP")
@@ -141,7 +144,10 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
             trace.step(0, "start", {}, error={"kind": "error", "message": str(e)})
             raise _Stop() from None
         trace = TraceWriter(trace_path, {**header, "info": {**info, **backend.info()}})
+        log.info("%s on %s (%s): started, trace %s", scn.name, backend.name, accel,
+                 trace_path)
         for i, step in enumerate(scn.steps, 1):
+            log.info("%s step %d (line %d): %s", scn.name, i, step.line, step.describe())
             t0 = time.monotonic()
             snap = result = error = None
             try:
@@ -176,6 +182,8 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
                 met, reason = False, outcome.message or "error"
             else:
                 met, reason = judge(expectation, outcome, qemu_version)
+            log.info("%s on %s: %s, %s: %s", scn.name, backend.name, outcome.kind,
+                     "met" if met else "NOT met", reason)
             trace.end({"outcome": outcome.to_dict(), "met": met, "reason": reason,
                        "duration": round(time.monotonic() - t_start, 3)})
             trace.close()

@@ -338,7 +338,8 @@ class _Formatter(argparse.HelpFormatter):
 
     def __init__(self, prog, *a, **kw):
         if kw.get("width") is None and not sys.stdout.isatty():
-            kw["width"] = int(os.environ.get("COLUMNS", "0") or 0) or 80
+            from .. import settings
+            kw["width"] = settings.help_columns()
         super().__init__(prog, *a, **kw)
 
 
