@@ -22,7 +22,7 @@ from harness.runner import run_scenario
 
 pytestmark = pytest.mark.vm
 
-SCENARIOS = Path(__file__).parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 RUN, STOP = 0.2, 0.4          # seconds QEMU runs, then is stopped, in each cycle
 
 

@@ -18,7 +18,7 @@ from harness.errors import BackendError, Hang
 from harness.qemu.agent import GuestAgent
 from harness.qemu.process import spawn
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "images" / "agent.sh"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
