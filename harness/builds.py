@@ -58,6 +58,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 from . import hw, settings
 from .errors import ConfigError, HarnessError
+from . import hostio
 from .hostio import exclusive_lock as _lock, last_line, sha256_file
 
 _log = logging.getLogger(__name__)
@@ -244,15 +245,8 @@ def _hash_cached(path: Path) -> str:
 def _run(argv: Sequence[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run a tool quietly (output captured); one-line errors when it cannot run."""
     _log.debug("run: %s", " ".join(shlex.quote(str(a)) for a in argv))
-    try:
-        return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                              timeout=timeout, **kw)
-    except FileNotFoundError:
-        raise HarnessError(f"{argv[0]} not found: fetching builds needs a Debian host "
-                           f"with apt and dpkg") from None
-    except subprocess.TimeoutExpired:
-        raise HarnessError(f"{Path(str(argv[0])).name} did not finish within "
-                           f"{timeout:.0f} s") from None
+    return hostio.run_tool(argv, timeout, ": fetching builds needs a Debian host with "
+                           "apt and dpkg", capture_output=True, text=True, **kw)
 
 
 def _mount_points() -> List[str]:
