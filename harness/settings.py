@@ -14,7 +14,6 @@ VARIABLES = {
     "SMM_HARNESS_TCG_THREAD": "default TCG threading, single or multi (single)",
     "SMM_HARNESS_MIGRATE_AFTER_UNPLUG": "1: take migration snapshots even after an "
                                         "unplug (QEMU 7.2 aborts on them)",
-    "COLUMNS": "width of the microcode toolkit's help when stdout is not a terminal (80)",
 }
 
 
@@ -35,10 +34,6 @@ def boot_timeout() -> float:
 
 def tcg_thread_default() -> str:
     return get("SMM_HARNESS_TCG_THREAD", "single")
-
-
-def help_columns() -> int:
-    return int(get("COLUMNS", "0") or 0) or 80
 
 
 def migrate_after_unplug() -> bool:
