@@ -152,7 +152,7 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
             snap = result = error = None
             try:
                 result, snap = run.step(step)
-            except (Refused, Hang, StepFailed, BackendError) as e:
+            except (StepFailed, BackendError) as e:   # Refused, Hang, QemuCrashed ...
                 error, stopped = _stopped_by(e)
                 if isinstance(e, StepFailed):
                     result = e.result
