@@ -95,11 +95,15 @@ class StillProgressing(BackendError):
         super().__init__(f"still progressing at the deadline: {what} ({progress})")
 
 
+# Hangs in which the machine keeps cycling: one instant's CPU state is not the hang's
+CYCLING_EVIDENCE = {"reset-loop": "reset loop", "smi-storm": "SMI storm"}
+
+
 class Hang(BackendError):
     """The guest or firmware stopped making progress, shown by evidence.
 
     ``diagnosis`` is a dict: {"reason": str, "evidence": {"kind": "stall" |
-    "reset-loop", ...} (what proves it: harness.qemu.progress.Evidence, or the model's
+    "reset-loop" | "smi-storm", ...} (what proves it: harness.qemu.progress.Evidence, or the model's
     own scheduler), "cpus": [{"index", "apic_id", "in_smm", "halted", "cs", "eip",
     "smbase"}...], ...} so reports and expectations can name which CPU is in SMM, which
     is halted, which spins and which was never relocated.
@@ -113,15 +117,17 @@ class Hang(BackendError):
     def signature(self):
         """The comparable part of a hang, by cpu index: CPUs in SMM, halted, spinning
         at one place (from the evidence), still at the default SMBASE 0x30000 (never
-        relocated), and what proves the hang (``evidence``: stall or reset-loop)."""
+        relocated), and what proves the hang (``evidence``: stall, reset-loop or
+        smi-storm)."""
         from .hw import DEFAULT_SMBASE
         cpus = self.diagnosis.get("cpus", [])
         ev = self.diagnosis.get("evidence") or {}
         sig = {"evidence": ev.get("kind"),
                "smbase_default": sorted(c["index"] for c in cpus
                                         if c.get("smbase") == DEFAULT_SMBASE)}
-        if ev.get("kind") == "reset-loop":
-            # the machine cycles through boot: no CPU state of one instant describes it
+        if ev.get("kind") in CYCLING_EVIDENCE:
+            # the machine cycles (through boot, or in and out of SMM): no CPU state of
+            # one instant describes it
             return {**sig, "in_smm": None, "halted": None, "spinning": None}
         places = ev.get("cpus") or cpus     # a stall: the state the samples proved
         return {**sig,

@@ -26,7 +26,8 @@ from ..machine import CpuPlug, MachineConfig
 from ..microcode.cpuid import cpuid_signature
 from ..snapshot import Snapshot
 from . import process
-from .progress import SAMPLE_INTERVAL, CpuPlace, ProgressMonitor, Sample, console_progress
+from .progress import (SAMPLE_INTERVAL, SMI_READ_EVERY, CpuPlace, ProgressMonitor, Sample,
+                       console_progress)
 from .qmp import QmpCommandError
 from .vm import QemuVM
 
@@ -515,22 +516,31 @@ class QemuBackend(Backend):
         return ioapic, lost_sci(ioapic, lapics, apic_ids)
 
     # --- is it a hang? --------------------------------------------------------------------
-    def _sample(self) -> Sample:
-        """Where every CPU is, how much work QEMU did, what guest and firmware printed."""
+    def _sample(self, smis=False) -> Sample:
+        """Where every CPU is, how much work QEMU did, what guest and firmware printed;
+        with ``smis``, also how many SMIs each CPU took (a migration: only while hang
+        evidence is gathered, and never where migrating is unsafe)."""
         from .hmp_diag import parse_info_registers
+        counts = None
+        if smis and not self._migration_unsafe():
+            try:
+                snap, _ = self._migrate_snapshot()
+                counts = {c.index: c.smi_count or 0 for c in snap.cpus}
+            except QemuError:            # no count this time; the places still tell
+                self._require_alive()
         regs = parse_info_registers(self.vm.qmp.hmp("info registers -a"))
         console, self._guest_reports = console_progress(self.vm.console_text())
         return Sample(t=time.monotonic(), cpu_seconds=process.cpu_seconds(self.vm.proc.pid),
                       cpus=tuple(CpuPlace(c["index"], bool(c["in_smm"]), bool(c["halted"]),
                                           c["cs"], c["eip"]) for c in regs),
                       console=console, debugcon=self.vm.debugcon_bytes(),
-                      resets=self.vm.qmp.guest_resets)
+                      resets=self.vm.qmp.guest_resets, smis=counts)
 
-    def _watch(self, monitor, what):
+    def _watch(self, monitor, what, smis=False):
         """One sample into ``monitor``; raises the Hang once the samples prove it."""
         if not self.vm.alive():
             self._require_alive()
-        monitor.add(self._sample())
+        monitor.add(self._sample(smis))
         evidence = monitor.verdict()
         if evidence is not None:
             evidence.guest_reports = list(self._guest_reports[-4:])
@@ -542,12 +552,14 @@ class QemuBackend(Backend):
         progress (or not yet provably not) raises StillProgressing: slow is not hung."""
         monitor = monitor or ProgressMonitor()
         end = time.monotonic() + EVIDENCE_WAIT
+        n = 0
         while True:
             if not self.vm.alive():      # a dead QEMU is a crash (its words), never a hang
                 self.vm.raise_if_crashed()
             self.vm.pull_console()
             try:
-                self._watch(monitor, what)
+                self._watch(monitor, what, smis=n % SMI_READ_EVERY == 0)
+                n += 1
             except Hang as e:
                 return e
             if time.monotonic() >= end:
