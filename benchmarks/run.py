@@ -37,6 +37,7 @@ ratios of runs taken together, not numbers of different runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -57,8 +58,13 @@ def _med(xs):
 
 def _backend():
     """A QemuBackend on the --qemu / --firmware builds."""
-    from harness import builds
     from harness.qemu.backend import QemuBackend
+    return QemuBackend(**_build_args())
+
+
+@functools.lru_cache(maxsize=None)
+def _build_args():
+    from harness import builds
     kw = {}
     if BUILDS["qemu"]:
         kw["qemu"] = str(builds.resolve_qemu(BUILDS["qemu"]).qemu)
@@ -66,7 +72,7 @@ def _backend():
         fb = builds.resolve_firmware(BUILDS["firmware"])
         kw.update(ovmf_code=str(fb.ovmf_code), ovmf_vars=str(fb.ovmf_vars),
                   firmware_version=fb.version)
-    return QemuBackend(**kw)
+    return kw
 
 
 def _pytest(*args):
