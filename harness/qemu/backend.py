@@ -12,6 +12,7 @@ raises ``Hang`` with the evidence.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -29,7 +30,9 @@ from . import process
 from .progress import (SAMPLE_INTERVAL, SMI_READ_EVERY, CpuPlace, ProgressMonitor, Sample,
                        console_progress)
 from .qmp import QmpCommandError
-from .vm import QemuVM
+from .vm import QemuVM, shared_ram_dir
+
+_log = logging.getLogger(__name__)
 
 # Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
 COMMAND_TIMEOUT = 30.0
@@ -135,6 +138,8 @@ class QemuBackend(Backend):
         # snapshots come from QMP/HMP only (no SMBASE); newer QEMU is migrated as ever.
         self.unplugged = False
         self._nsnap = 0
+        # snapshots leave guest RAM out (shared RAM, migrated with x-ignore-shared)
+        self.ram_left_out = False
         self._guest_reports = []    # the guest kernel's own stall reports (console)
 
     # --- set-up ----------------------------------------------------------------------
@@ -147,15 +152,21 @@ class QemuBackend(Backend):
                                         version=self.firmware_version)
         from .image import build_image   # builds on first use, cached after
         image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
+        ram_dir, why = shared_ram_dir(machine.memory_mib, version)
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
                          run_dir=run_dir, accel=accel, kernel=image.kernel,
                          initrd=image.initrd,
-                         cmdline=image.cmdline)
+                         cmdline=image.cmdline, ram_dir=ram_dir)
         self.vm.launch()
         try:
             self.vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
         except QemuError:
             pass
+        if ram_dir is not None:
+            why = self._set_ignore_shared(True)
+        self.ram_left_out = why is None
+        if why:
+            _log.info("snapshots carry all guest RAM: %s", why)
         self._info = {"qemu": binary, "qemu_version": version, "accel": accel,
                       "firmware": profile.name, "firmware_code": str(images.code),
                       "firmware_identity": (profile.identity.describe()
@@ -166,6 +177,16 @@ class QemuBackend(Backend):
 
     def info(self) -> dict:
         return dict(getattr(self, "_info", {}))
+
+    def _set_ignore_shared(self, on):
+        """Migrations leave shared guest RAM (cmdline.shared_ram_args) out, or send it.
+        Returns None, or why QEMU refused (then RAM is sent: slower, still correct)."""
+        try:
+            self.vm.qmp.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "x-ignore-shared", "state": on}])
+        except QmpCommandError as e:
+            return f"QEMU refused the capability x-ignore-shared: {e.desc}"
+        return None
 
     def _migration_unsafe(self):
         if not self.unplugged or settings.migrate_after_unplug():
@@ -408,7 +429,10 @@ class QemuBackend(Backend):
         return {}
 
     # --- looking from outside -------------------------------------------------------------
-    def _migrate_snapshot(self, keep=False):
+    def _migrate_snapshot(self, keep=False, full=False):
+        """Stop, migrate to ``snapshot-N.mig`` in the run directory, parse, continue.
+        The stream leaves shared guest RAM out (a few MB) unless ``full``: then it
+        carries all of it (a hang's diagnosis keeps one to look into)."""
         from .migstream import parse_stream
         from .snapshot_decode import decode_snapshot
         self._nsnap += 1
@@ -417,6 +441,9 @@ class QemuBackend(Backend):
         was_running = status.get("running")
         if was_running:
             self.vm.qmp.cmd("stop")
+        with_ram = full and self.ram_left_out
+        if with_ram:
+            self._set_ignore_shared(False)
         try:
             self.vm.qmp.cmd("migrate", uri=f"exec:cat > {path}")
             deadline = time.monotonic() + MIGRATE_TIMEOUT
@@ -430,8 +457,10 @@ class QemuBackend(Backend):
                 if time.monotonic() > deadline:
                     raise QemuError(f"snapshot migration not completed within "
                                     f"{MIGRATE_TIMEOUT:.0f} s")
-                time.sleep(0.02)
+                time.sleep(0.005)
         finally:
+            if with_ram:
+                self._set_ignore_shared(True)
             if was_running:
                 self.vm.qmp.cmd("cont")
         snap = decode_snapshot(parse_stream(path))
@@ -588,7 +617,7 @@ class QemuBackend(Backend):
             if self._migration_unsafe():
                 snap, path = self._qmp_snapshot(), None
             else:
-                snap, path = self._migrate_snapshot(keep=True)
+                snap, path = self._migrate_snapshot(keep=True, full=True)
             self._enrich(snap, guest=False)
             d["snapshot"] = snap.to_dict()
             d["snapshot_stream"] = str(path) if path else None
