@@ -223,3 +223,12 @@ def test_without_smi_counts_a_storm_is_not_called():
     samples = [Sample(s.t, s.cpu_seconds, s.cpus, s.console, s.debugcon, s.resets, None)
                for s in storm_samples(40, 350)]
     assert replay(samples) == (None, None)
+
+
+def test_the_smi_count_is_read_on_the_first_sample_then_every_nth():
+    m = ProgressMonitor(smi_read_every=3)
+    due = []
+    for s in storm_samples(7, 0):
+        due.append(m.smi_read_due())
+        m.add(s)
+    assert due == [True, False, False, True, False, False, True]

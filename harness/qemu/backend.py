@@ -565,11 +565,11 @@ class QemuBackend(Backend):
                       console=console, debugcon=self.vm.debugcon_bytes(),
                       resets=self.vm.qmp.guest_resets, smis=counts)
 
-    def _watch(self, monitor, what, smis=False):
+    def _watch(self, monitor, what):
         """One sample into ``monitor``; raises the Hang once the samples prove it."""
         if not self.vm.alive():
             self._require_alive()
-        monitor.add(self._sample(smis))
+        monitor.add(self._sample(smis=monitor.smi_read_due()))
         evidence = monitor.verdict()
         if evidence is not None:
             evidence.guest_reports = list(self._guest_reports[-4:])
@@ -581,14 +581,13 @@ class QemuBackend(Backend):
         progress (or not yet provably not) raises StillProgressing: slow is not hung."""
         monitor = monitor or ProgressMonitor()
         end = time.monotonic() + EVIDENCE_WAIT
-        n = 0
+        monitor.smi_read_every = SMI_READ_EVERY
         while True:
             if not self.vm.alive():      # a dead QEMU is a crash (its words), never a hang
                 self.vm.raise_if_crashed()
             self.vm.pull_console()
             try:
-                self._watch(monitor, what, smis=n % SMI_READ_EVERY == 0)
-                n += 1
+                self._watch(monitor, what)
             except Hang as e:
                 return e
             if time.monotonic() >= end:

@@ -18,8 +18,8 @@ of wall time. Or: the firmware resets the machine over and over (``RESET_LOOP`` 
 resets with the console silent), each cycle starting again from the reset vector. Or:
 an SMI storm, the firmware taking SMI after SMI with nothing else happening: at least
 ``SMI_STORM`` SMIs (QEMU's own per-CPU count, ``msr_smi_count`` in the migration stream,
-read every ``SMI_READ_EVERY`` samples while hang evidence is gathered) with the consoles
-silent and no reset. A storm moves every RIP (each SMI re-enters the handler), so the
+read every ``SMI_READ_WAITING`` samples while a wait runs and every ``SMI_READ_EVERY``
+once it ran out) with the consoles silent and no reset. A storm moves every RIP (each SMI re-enters the handler), so the
 "one place" rule cannot see it; the count can. A whole healthy boot to the guest's shell
 takes 324-390 SMIs per CPU (QEMU 7.2 + OVMF 2022.11: 390, 10.0 + 2025.02: 324, 11.1 +
 2026.08: 342); OVMF 2026.08 with 7 MiB of TSEG took 16,360 in 22 s (QEMU 11.1.3), CPU 0
@@ -45,7 +45,9 @@ STALL_CPU_SECONDS = 5.0      # > 3 x the longest healthy stay at one place (1.5 
 STALL_IDLE_SECONDS = 8.0     # every CPU halted, QEMU idle: wall time (timers still run)
 RESET_LOOP = 3               # guest resets, console silent: the firmware resets in a loop
 SMI_STORM = 4000             # SMIs on one CPU, consoles silent: > 10 x a whole healthy boot
-SMI_READ_EVERY = 4           # samples between reads of the SMI count (a migration)
+SMI_READ_EVERY = 4           # samples between reads of the SMI count (a small migration,
+#                              ~0.07 s) while hang evidence is gathered after a wait ran out
+SMI_READ_WAITING = 20        # ... and while a wait is still running (boot, hot-add, reset)
 # The guest's own reports of a stall are not progress: a slowed sparse cold-plug hang
 # prints "watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [migration/0:16]" every
 # 20-odd seconds (QEMU 7.2.22, OVMF 2022.11, loglevel=3 shows only these lines)
@@ -141,12 +143,14 @@ class ProgressMonitor:
 
     def __init__(self, stall_samples=STALL_SAMPLES, stall_cpu_seconds=STALL_CPU_SECONDS,
                  stall_idle_seconds=STALL_IDLE_SECONDS, reset_loop=RESET_LOOP,
-                 smi_storm=SMI_STORM):
+                 smi_storm=SMI_STORM, smi_read_every=SMI_READ_WAITING):
         self.stall_samples = stall_samples
         self.stall_cpu_seconds = stall_cpu_seconds
         self.stall_idle_seconds = stall_idle_seconds
         self.reset_loop = reset_loop
         self.smi_storm = smi_storm
+        self.smi_read_every = smi_read_every
+        self.added = 0                     # samples added, for smi_read_due
         self.samples: list[Sample] = []
         self.first: Sample | None = None
         self.quiet: Sample | None = None   # the first SMI count read since the consoles
@@ -155,6 +159,7 @@ class ProgressMonitor:
     def add(self, s: Sample):
         if self.first is None:
             self.first = s
+        self.added += 1
         q = self.quiet
         if q is not None and (q.console, q.debugcon, q.resets) != (s.console, s.debugcon,
                                                                   s.resets):
@@ -211,6 +216,11 @@ class ProgressMonitor:
             return Evidence("stall", len(self.samples), last.t - first.t, busy,
                             self._cpus(), 0, last.console, last.debugcon)
         return None
+
+    def smi_read_due(self):
+        """Whether the next sample should read the SMI count: the first sample, then
+        every ``smi_read_every``-th."""
+        return self.added % self.smi_read_every == 0
 
     def _storm(self, last):
         """SMIs per CPU since the consoles went quiet, if one CPU took SMI_STORM."""
