@@ -13,15 +13,24 @@ def _fmt(v, hexa=False):
 
 
 def cpu_table(snapshot: dict | None, mark=()) -> str:
-    """index, APIC id, SMBASE, in SMM, halted, online (+ SMIs, microcode when known)."""
+    """index, APIC id, SMBASE, whether its SMRAM is inside TSEG, in SMM, halted, online
+    (+ SMIs, microcode when known)."""
+    from .hw import smram_in_tseg
     if not snapshot or not snapshot.get("cpus"):
         return "  (no snapshot)"
+    t = snapshot.get("tseg")
     cols = [("cpu", "index", False), ("apic", "apic_id", False), ("smbase", "smbase", True),
             ("in_smm", "in_smm", False), ("halted", "halted", False),
             ("online", "online", False), ("smis", "smi_count", False),
             ("ucode", "ucode_rev", True)]
+    if t and t.get("size"):
+        cols.insert(3, ("smram", "smram", False))
     rows = [[h for h, _, _ in cols]]
     for c in snapshot["cpus"]:
+        if t and t.get("size"):
+            c = dict(c, smram=None if c.get("smbase") is None else
+                     "in TSEG" if smram_in_tseg(c["smbase"], t["base"], t["size"])
+                     else "OUTSIDE TSEG")
         rows.append([_fmt(c.get(k), hx) for _, k, hx in cols])
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = []
@@ -30,7 +39,6 @@ def cpu_table(snapshot: dict | None, mark=()) -> str:
         if n and snapshot["cpus"][n - 1].get("index") in mark:
             flag = "> "
         lines.append(flag + "  ".join(x.rjust(w) for x, w in zip(r, widths)))
-    t = snapshot.get("tseg")
     if t:
         lines.append(f"  TSEG [{t['base']:#x}, {t['base'] + t['size']:#x}) "
                      f"{t['size'] >> 20} MiB, {'locked' if t['locked'] else 'NOT locked'}")
