@@ -1,29 +1,45 @@
 """Benchmarks, printed as one JSON object. Speed is measured here, not in timed tests.
 
-    .venv/bin/python benchmarks/run.py [--runs 3]
-        [--only boot,boot_phases,scenarios,model,microcode,microcode_vs_iucode]
+    .venv/bin/python benchmarks/run.py [--runs 3] [--only SECTION,...]
+    .venv/bin/python benchmarks/run.py --baseline main [--only boot,scenarios]
+        [--qemu qemu-11.1 --firmware ovmf-2026.08]
 
-- boot: median boot-to-shell (cont -> guest agent answers) and snapshot (stop, migrate,
-  parse, cont, plus the guest's CPU view) over --runs VMs (512 MiB, 2 of 4 CPUs, TCG),
-  and hot-unplug (device_del -> CPU gone from its slot) of a cold-plugged CPU on
-  multi-threaded TCG. Targets: boot <= 8 s, snapshot <= 1.5 s.
-- boot_phases: where that boot time goes (benchmarks/boot_phases.py: SEC/PEI, SMM,
+Sections (--only, comma-separated; default all but overhead, with --baseline: boot):
+- boot: median boot-to-shell (cont -> guest agent answers) over --runs VMs (512 MiB,
+  2 of 4 CPUs, TCG), and on each booted VM 3 snapshots: the migration snapshot alone
+  (stop, migrate, parse, cont: ``snapshot_migrate_s``) with its file's size
+  (``snapshot_mb``), and a snapshot as a scenario step takes it (``snapshot_step_s``:
+  plus QOM and the guest's CPU view). Targets (issue 13): boot <= 5 s, snapshot
+  <= 5 MB and <= 0.1 s.
+- unplug: hot-unplug (device_del -> CPU gone from its slot) of a cold-plugged CPU on
+  multi-threaded TCG, median over --runs VMs.
+- boot_phases: where the boot time goes (benchmarks/boot_phases.py: SEC/PEI, SMM,
   DXE/BDS + the kernel's EFI stub and decompressor, Linux), by sampling CPU 0.
-- scenarios: wall time of `pytest scenarios/ -n 2` (target <= 180 s), and the harness's
-  own overhead: the scenario set run in this process, its CPU time (time.process_time:
-  parsing, checks, traces; QEMU and the guest are other processes) over its wall time
-  (target <= 10 %).
-- model: `pytest scenarios/ --backend model` wall time (target < 2 s) and steps/s
+- scenarios: wall time of ``pytest scenarios/ -n 2`` (long: minutes). Target (issue 13):
+  a third of today's.
+- overhead: the harness's own CPU time over its wall time, the scenario set run
+  sequentially in this process (long; target <= 10 %).
+- model: ``pytest scenarios/ --backend model`` wall time (target < 2 s) and steps/s
   (benchmarks/model_bench.py, target >= 20,000).
 - microcode: list throughput in MB/s (benchmarks/microcode_bench.py, target >= 200).
-- microcode_vs_iucode: `python -m harness microcode list` against `iucode_tool -l`, whole
-  processes on Debian's intel-microcode concatenated (21.3 MB), median of paired runs;
-  prints the harness/iucode_tool ratio (target <= 4).
+- microcode_vs_iucode: ``python -m harness microcode list`` against ``iucode_tool -l``,
+  whole processes on Debian's intel-microcode (21.3 MB), median of paired runs; the
+  harness/iucode_tool ratio (target <= 4).
+
+``--baseline REF`` measures old against new in one run: REF is checked out into a
+temporary worktree (``git worktree add --detach``; the guest image cache is shared, it is
+keyed by content), the same sections are measured there and here, each side in its own
+process with its own tree's ``harness`` first on the path and this file's measuring
+code, and the output is ``{"old": ..., "new": ..., "ratio": new/old}``, with a table of
+the ratios on stderr. Old and new run one after the other: on a busy machine, compare
+ratios of runs taken together, not numbers of different runs.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,18 +47,51 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent               # the tree measured; --tree replaces it (a baseline)
+BUILDS = {"qemu": None, "firmware": None}     # --qemu, --firmware (None: the system's)
+
+
+def _med(xs):
+    return round(statistics.median(xs), 3)
+
+
+def _backend():
+    """A QemuBackend on the --qemu / --firmware builds."""
+    from harness.qemu.backend import QemuBackend
+    return QemuBackend(**_build_args())
+
+
+@functools.lru_cache(maxsize=None)
+def _build_args():
+    from harness import builds
+    kw = {}
+    if BUILDS["qemu"]:
+        kw["qemu"] = str(builds.resolve_qemu(BUILDS["qemu"]).qemu)
+    if BUILDS["firmware"]:
+        fb = builds.resolve_firmware(BUILDS["firmware"])
+        kw.update(ovmf_code=str(fb.ovmf_code), ovmf_vars=str(fb.ovmf_vars),
+                  firmware_version=fb.version)
+    return kw
+
+
+def _pytest(*args):
+    """``python -m pytest ARGS`` in ROOT with ROOT's harness (its pytest plugin) first,
+    on the --qemu / --firmware builds."""
+    args += tuple(a for k, v in BUILDS.items() if v for a in (f"--{k}", v))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    out = r.stdout.strip()
+    return time.monotonic() - t, out.splitlines()[-1] if out else r.stderr[-200:]
 
 
 def bench_boot(runs):
-    from harness.machine import CpuPlug, MachineConfig
-    from harness.qemu.backend import QemuBackend
-    boots, snaps, unplugs = [], [], []
-    for i in range(runs):
-        # boot and snapshots on the default machine (single-threaded TCG)
-        b = QemuBackend()
+    from harness.machine import MachineConfig
+    boots, migrate_s, sizes, step_s = [], [], [], []
+    for _ in range(runs):
+        b = _backend()
         with tempfile.TemporaryDirectory() as d:
             try:
                 b.start(MachineConfig(cpus=2, maxcpus=4), Path(d), paused=True)
@@ -51,12 +100,27 @@ def bench_boot(runs):
                 boots.append(time.monotonic() - t)
                 for _ in range(3):
                     t = time.monotonic()
+                    _, path = b._migrate_snapshot(keep=True)
+                    migrate_s.append(time.monotonic() - t)
+                    sizes.append(path.stat().st_size / 1e6)
+                    path.unlink()
+                for _ in range(3):
+                    t = time.monotonic()
                     b.snapshot()
-                    snaps.append(time.monotonic() - t)
+                    step_s.append(time.monotonic() - t)
             finally:
                 b.close()
-        # unplug on multi-threaded TCG: single-threaded QEMU 7.2 aborts on CPU eject
-        b = QemuBackend()
+    return {"runs": runs, "boot_to_shell_s": _med(boots), "snapshot_mb": _med(sizes),
+            "snapshot_migrate_s": _med(migrate_s), "snapshot_step_s": _med(step_s),
+            "boot_all_s": [round(x, 2) for x in boots]}
+
+
+def bench_unplug(runs):
+    from harness.machine import CpuPlug, MachineConfig
+    unplugs = []
+    for _ in range(runs):
+        # multi-threaded TCG: single-threaded QEMU 7.2 aborts on CPU eject
+        b = _backend()
         with tempfile.TemporaryDirectory() as d:
             try:
                 b.start(MachineConfig(cpus=2, maxcpus=4, tcg_thread="multi"), Path(d),
@@ -68,45 +132,36 @@ def bench_boot(runs):
                 unplugs.append(time.monotonic() - t)
             finally:
                 b.close()
-    med = lambda xs: round(statistics.median(xs), 3)  # noqa: E731
-    return {"runs": runs, "boot_to_shell_s": med(boots), "snapshot_s": med(snaps),
-            "hot_unplug_s": med(unplugs), "boot_all_s": [round(x, 2) for x in boots]}
+    return {"runs": runs, "hot_unplug_s": _med(unplugs)}
 
 
-def bench_scenarios():
+def bench_scenarios(runs):
+    wall, summary = _pytest("scenarios/", "-n", "2", "--trace-dir",
+                            tempfile.mkdtemp(prefix="bench-"))
+    return {"pytest_n2_wall_s": round(wall, 1), "pytest_summary": summary}
+
+
+def bench_overhead(runs):
     from harness import scenario
     from harness.session import Options, run_one
-    t = time.monotonic()
-    r = subprocess.run([str(ROOT / ".venv/bin/pytest"), "scenarios/", "-n", "2", "-q",
-                        "-p", "no:cacheprovider", "--trace-dir",
-                        tempfile.mkdtemp(prefix="bench-")], cwd=ROOT, capture_output=True,
-                       text=True)
-    wall_n2 = time.monotonic() - t
-    summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-200:]
     opts = Options(trace_dir=Path(tempfile.mkdtemp(prefix="bench-seq-")))
     cpu0, t0 = time.process_time(), time.monotonic()
     met = 0
-    files = scenario.discover([ROOT / "scenarios"])
-    for f in files:
+    for f in scenario.discover([ROOT / "scenarios"]):
         scn = scenario.load(f)
         if "tcg" not in scn.accels:
             continue
         met += run_one(scn, "qemu", opts, "tcg").met
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
-    return {"pytest_n2_wall_s": round(wall_n2, 1), "pytest_summary": summary,
-            "sequential_wall_s": round(wall, 1), "harness_cpu_s": round(cpu, 2),
+    return {"sequential_wall_s": round(wall, 1), "harness_cpu_s": round(cpu, 2),
             "harness_overhead_pct": round(100 * cpu / wall, 2), "met": met}
 
 
-def bench_model():
+def bench_model(runs):
     import model_bench
-    t = time.monotonic()
-    r = subprocess.run([str(ROOT / ".venv/bin/pytest"), "scenarios/", "--backend", "model",
-                        "-q", "-p", "no:cacheprovider", "--trace-dir",
-                        tempfile.mkdtemp(prefix="bench-model-")], cwd=ROOT,
-                       capture_output=True, text=True)
-    out = {"pytest_model_wall_s": round(time.monotonic() - t, 2),
-           "pytest_summary": r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""}
+    wall, summary = _pytest("scenarios/", "--backend", "model", "--trace-dir",
+                            tempfile.mkdtemp(prefix="bench-model-"))
+    out = {"pytest_model_wall_s": round(wall, 2), "pytest_summary": summary}
     out.update(model_bench.run())
     return out
 
@@ -116,30 +171,122 @@ def bench_boot_phases(runs):
     return boot_phases.run(runs)
 
 
-def bench_microcode():
+def bench_microcode(runs):
     import microcode_bench
     return microcode_bench.run()
 
 
-def bench_microcode_vs_iucode():
+def bench_microcode_vs_iucode(runs):
     import microcode_bench
     return microcode_bench.vs_iucode()
 
 
-SECTIONS = {"boot": bench_boot, "boot_phases": bench_boot_phases,
-            "scenarios": bench_scenarios, "model": bench_model, "microcode": bench_microcode,
-            "microcode_vs_iucode": bench_microcode_vs_iucode}
+SECTIONS = {"boot": bench_boot, "unplug": bench_unplug, "boot_phases": bench_boot_phases,
+            "scenarios": bench_scenarios, "overhead": bench_overhead, "model": bench_model,
+            "microcode": bench_microcode, "microcode_vs_iucode": bench_microcode_vs_iucode}
+DEFAULT = [s for s in SECTIONS if s != "overhead"]
+# issue 13's targets: absolute (<=) or a ratio to the baseline (new/old <=)
+TARGETS = {("boot", "boot_to_shell_s"): ("<=", 5.0), ("boot", "snapshot_mb"): ("<=", 5.0),
+           ("boot", "snapshot_migrate_s"): ("<=", 0.1),
+           ("scenarios", "pytest_n2_wall_s"): ("ratio <=", 0.33)}
+
+
+def measure(sections, runs):
+    """Measure ``sections`` of ROOT in this process."""
+    import harness
+    out = {"tree": str(ROOT), "harness": str(Path(harness.__file__).parent), **BUILDS,
+           "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True).stdout.strip()}
+    for name in sections:
+        print(f"bench: {ROOT.name}: {name}", file=sys.stderr, flush=True)
+        out[name] = SECTIONS[name](runs)
+    return out
+
+
+def measure_in(tree, sections, runs):
+    """Measure ``tree`` in a child process (this file, ``--tree``)."""
+    builds = [a for k, v in BUILDS.items() if v for a in (f"--{k}", v)]
+    r = subprocess.run([sys.executable, __file__, "--tree", str(tree), "--runs", str(runs),
+                        "--only", ",".join(sections), *builds], stdout=subprocess.PIPE,
+                       text=True,
+                       env=dict(os.environ, PYTHONPATH=str(tree)))
+    if r.returncode != 0:
+        sys.exit(f"bench: measuring {tree} failed (exit {r.returncode})")
+    return json.loads(r.stdout)
+
+
+def ratios(old, new):
+    """new/old of every number both sides measured, per section."""
+    out = {}
+    for sec, vals in new.items():
+        if not isinstance(vals, dict) or not isinstance(old.get(sec), dict):
+            continue
+        for k, v in vals.items():
+            o = old[sec].get(k)
+            if (isinstance(v, (int, float)) and isinstance(o, (int, float))
+                    and not isinstance(v, bool) and k != "runs" and o):
+                out.setdefault(sec, {})[k] = round(v / o, 3)
+    return out
+
+
+def table(old, new, ratio):
+    lines = [f"{'measure':34} {'old':>10} {'new':>10} {'new/old':>8}  target"]
+    for sec, vals in ratio.items():
+        for k, r in vals.items():
+            target = ""
+            if (sec, k) in TARGETS:
+                how, limit = TARGETS[(sec, k)]
+                ok = (r if how.startswith("ratio") else new[sec][k]) <= limit
+                target = f"{how} {limit}: {'met' if ok else 'MISSED'}"
+            lines.append(f"{sec + '.' + k:34} {old[sec][k]:>10} {new[sec][k]:>10} "
+                         f"{r:>8}  {target}")
+    return "\n".join(lines)
+
+
+def with_baseline(ref, sections, runs):
+    tmp = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    tree = tmp / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref],
+                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        image_cache = ROOT / "images" / "build"
+        if image_cache.is_dir() and not (tree / "images" / "build").exists():
+            (tree / "images" / "build").symlink_to(image_cache)
+        old = measure_in(tree, sections, runs)
+        new = measure_in(ROOT, sections, runs)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(["rm", "-rf", str(tmp)])
+    old["ref"] = ref
+    ratio = ratios(old, new)
+    print(table(old, new, ratio), file=sys.stderr)
+    return {"old": old, "new": new, "ratio": ratio}
 
 
 def main():
+    global ROOT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", default=",".join(SECTIONS))
+    p.add_argument("--only", default=None, help=f"sections: {', '.join(SECTIONS)}")
+    p.add_argument("--baseline", metavar="GIT_REF",
+                   help="also measure this commit and print new/old ratios")
+    p.add_argument("--qemu", help="QEMU build name or binary (boot, unplug, scenarios)")
+    p.add_argument("--firmware", help="OVMF build name or code image (same)")
+    p.add_argument("--tree", help=argparse.SUPPRESS)      # measure another checkout
     a = p.parse_args()
-    out = {}
-    for name in a.only.split(","):
-        fn = SECTIONS[name]
-        out[name] = fn(a.runs) if name in ("boot", "boot_phases") else fn()
+    BUILDS.update(qemu=a.qemu, firmware=a.firmware)
+    sections = a.only.split(",") if a.only else (["boot"] if a.baseline else DEFAULT)
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+    if a.tree:
+        ROOT = Path(a.tree).resolve()
+    sys.path[:0] = [str(ROOT), str(HERE)]
+    if a.baseline:
+        out = with_baseline(a.baseline, sections, a.runs)
+    else:
+        out = measure(sections, a.runs)
     print(json.dumps(out, indent=2))
 
 

@@ -722,7 +722,7 @@ def _ensure_mmdebstrap(who: str, log: Log) -> str:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     proc = _run(argv, timeout=900, env=env)
     if proc.returncode != 0:
-        _run(["apt-get", "-q", "update"], timeout=600, env=env)
+        _run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "-q", "update"], timeout=600, env=env)
         proc = _run(argv, timeout=900, env=env)
     found = shutil.which("mmdebstrap")
     if proc.returncode != 0 or not found:

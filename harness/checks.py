@@ -79,8 +79,7 @@ def smbase_in_tseg(ctx, arg):
         return CheckResult("smbase_in_tseg", False, "TSEG enabled", "no TSEG",
                            "ESMRAMC T_EN/G_SMRAME not set", [])
     bad = [c.index for c in ctx.snapshot.cpus
-           if not (t.base <= c.smbase + hw.SMI_ENTRY_OFFSET and
-                   c.smbase + hw.SAVE_STATE_END <= t.base + t.size)]
+           if not hw.smram_in_tseg(c.smbase, t.base, t.size)]
     return CheckResult("smbase_in_tseg", not bad,
                        f"entry and save state in TSEG [{t.base:#x}, {t.base + t.size:#x})",
                        {c.index: _hex(c.smbase) for c in ctx.snapshot.cpus},

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .diagnosis import CYCLING_EVIDENCE
 from .report import cpu_table
 from .snapshot import Snapshot
 from .trace import read_trace
@@ -258,9 +259,11 @@ def compare(path_a, path_b) -> Comparison:
             if pinned is not None:
                 hang_fields = tuple(f for f in HANG_CPU_FIELDS
                                     if f not in ("in_smm", "halted") or f in pinned)
-            if "reset-loop" in (siga.get("evidence"), sigb.get("evidence")):
+            cycling = {siga.get("evidence"), sigb.get("evidence")} & set(CYCLING_EVIDENCE)
+            if cycling:
                 hang_fields = ("apic_id", "smbase")
-                w.cov.note(f"in_smm, halted at {label}: one instant of a reset loop, "
+                what = " or ".join(CYCLING_EVIDENCE[k] for k in sorted(cycling))
+                w.cov.note(f"in_smm, halted at {label}: one instant of a {what}, "
                            f"not compared")
         if ka == "check":
             pa = {c["name"]: c["passed"] for c in ea.get("checks", [])}

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field, fields
 from .hw import DEFAULT_SMBASE
 from .snapshot import Snapshot
 
+# Hangs in which the machine keeps cycling: one instant's CPU state is not the hang's
+CYCLING_EVIDENCE = {"reset-loop": "reset loop", "smi-storm": "SMI storm"}
+
 
 @dataclass
 class Diagnosis:
     reason: str | None = None
     # what proves a hang (harness.qemu.progress.Evidence, or the model's scheduler):
-    # {"kind": "stall" | "reset-loop", "cpus": [{"index", "in_smm", "halted", ...}], ...}
+    # {"kind": "stall" | "reset-loop" | "smi-storm", "cpus": [{"index", "in_smm", "halted", ...}], ...}
     evidence: dict | None = None
     # every CPU: {"index", "apic_id", "in_smm", "halted", "smbase", "cs", "eip", ...}
     cpus: list | None = None
@@ -52,14 +55,16 @@ class Diagnosis:
     def signature(self) -> dict:
         """The comparable part of a hang, by cpu index: CPUs in SMM, halted, spinning
         at one place (from the evidence), still at the default SMBASE 0x30000 (never
-        relocated), and what proves the hang (``evidence``: stall or reset-loop)."""
+        relocated), and what proves the hang (``evidence``: stall, reset-loop or
+        smi-storm)."""
         cpus = self.cpus or []
         ev = self.evidence or {}
         sig = {"evidence": ev.get("kind"),
                "smbase_default": sorted(c["index"] for c in cpus
                                         if c.get("smbase") == DEFAULT_SMBASE)}
-        if ev.get("kind") == "reset-loop":
-            # the machine cycles through boot: no CPU state of one instant describes it
+        if ev.get("kind") in CYCLING_EVIDENCE:
+            # the machine cycles (through boot, or in and out of SMM): no CPU state of
+            # one instant describes it
             return {**sig, "in_smm": None, "halted": None, "spinning": None}
         places = ev.get("cpus") or cpus     # a stall: the state the samples proved
         return {**sig,

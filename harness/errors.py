@@ -115,7 +115,8 @@ class Hang(BackendError):
 
     ``diagnosis`` (a :class:`harness.diagnosis.Diagnosis`, or the backend's bag of
     findings it is made from) names which CPU is in SMM, which is halted, which spins
-    and which was never relocated, and what proves the hang.
+    and which was never relocated, and what proves the hang (stall, reset-loop or
+    smi-storm).
     """
 
     def __init__(self, reason, diagnosis=None):

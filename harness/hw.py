@@ -194,3 +194,11 @@ QEMU_CPU_MODELS = {
     "kvm64": ("Intel", 15, 6, 1),
     "Skylake-Client": ("Intel", 6, 94, 3),
 }
+
+
+def smram_in_tseg(smbase, tseg_base, tseg_size):
+    """Whether a CPU's SMRAM (its SMI entry at SMBASE + 0x8000 up to the end of its
+    save-state map at SMBASE + 0x10000) lies inside TSEG [base, base + size). SMBASE
+    itself may lie below TSEG: edk2's PEI relocation puts CPU 0's at TSEG base - 0x7000."""
+    return (tseg_base <= smbase + SMI_ENTRY_OFFSET
+            and smbase + SAVE_STATE_END <= tseg_base + tseg_size)

@@ -193,8 +193,9 @@ BUGS = (
                  "11.1.3); 2025.02 boots with 7 MiB"),
     KnownBug(
         "ovmf-tseg-below-8m",
-        "OVMF 2026.08 needs 8 MiB of extended TSEG: with 7 MiB both CPUs stay in SMM "
-        "(SMI count climbing) and the boot never completes",
+        "OVMF 2026.08 needs 8 MiB of extended TSEG: with 7 MiB the firmware takes SMI "
+        "after SMI (an SMI storm, about 700 a second, nothing printed) and the boot "
+        "never completes",
         accels=("tcg", "kvm"), firmware=VersionRange(">=202608"),
         evidence="OVMF 2026.08 on QEMU 11.1.3: 7 MiB hangs, 8 and 12 MiB boot",
         modelled=False),

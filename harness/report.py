@@ -15,17 +15,26 @@ def _fmt(v, hexa=False):
 
 
 def cpu_table(snapshot: Snapshot | None, mark=()) -> str:
-    """index, APIC id, SMBASE, in SMM, halted, online (+ SMIs, microcode when known).
-    A trace's snapshot is read with ``Snapshot.from_dict`` first."""
+    """index, APIC id, SMBASE, whether its SMRAM is inside TSEG, in SMM, halted, online
+    (+ SMIs, microcode when known). A trace's snapshot is read with
+    ``Snapshot.from_dict`` first."""
+    from .hw import smram_in_tseg
     if snapshot is None or not snapshot.cpus:
         return "  (no snapshot)"
+    t = snapshot.tseg
     cols = [("cpu", "index", False), ("apic", "apic_id", False), ("smbase", "smbase", True),
             ("in_smm", "in_smm", False), ("halted", "halted", False),
             ("online", "online", False), ("smis", "smi_count", False),
             ("ucode", "ucode_rev", True)]
+    if t and t.size:
+        cols.insert(3, ("smram", "smram", False))
     rows = [[h for h, _, _ in cols]]
     for c in snapshot.cpus:
-        rows.append([_fmt(getattr(c, k), hx) for _, k, hx in cols])
+        values = {k: getattr(c, k, None) for _, k, _ in cols}
+        if t and t.size:
+            values["smram"] = None if c.smbase is None else \
+                "in TSEG" if smram_in_tseg(c.smbase, t.base, t.size) else "OUTSIDE TSEG"
+        rows.append([_fmt(values[k], hx) for _, k, hx in cols])
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = []
     for n, r in enumerate(rows):
@@ -33,7 +42,6 @@ def cpu_table(snapshot: Snapshot | None, mark=()) -> str:
         if n and snapshot.cpus[n - 1].index in mark:
             flag = "> "
         lines.append(flag + "  ".join(x.rjust(w) for x, w in zip(r, widths)))
-    t = snapshot.tseg
     if t:
         lines.append(f"  TSEG [{t.base:#x}, {t.base + t.size:#x}) "
                      f"{t.size >> 20} MiB, {'locked' if t.locked else 'NOT locked'}")

@@ -28,7 +28,7 @@ OUTCOMES = ("pass", "refused", "hang", "fail", "crash")
 CHECKS = CHECK_ARGS       # name -> kind of argument (None = takes none): checks.CHECK_TABLE
 # What proves a hang (harness.qemu.progress): every CPU at one place with no output,
 # or the firmware resetting the machine over and over.
-HANG_EVIDENCE = ("stall", "reset-loop")
+HANG_EVIDENCE = ("stall", "reset-loop", "smi-storm")
 # Signals QEMU dies of by itself (abort(), assertions, glibc's heap checks, a bad
 # pointer): SIGKILL and SIGTERM come from outside and are never an expected crash.
 CRASH_SIGNALS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP")
@@ -53,7 +53,7 @@ class Expectation:
     halted: list | None = None        # hang: cpu indexes halted
     spinning: list | None = None      # hang: cpu indexes spinning at one place
     smbase_default: list | None = None   # hang: cpu indexes never relocated (0x30000)
-    evidence: str | None = None       # hang: what proves it (stall, reset-loop)
+    evidence: str | None = None       # hang: what proves it (stall, reset-loop, smi-storm)
     signal: list | None = None        # crash: the signals QEMU may die of (SIGABRT ...)
     check: str | None = None          # fail: the check that must fail
     bug: str | None = None            # a known bug (harness.known_bugs) this reproduces

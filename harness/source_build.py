@@ -145,7 +145,7 @@ def ensure_build_depends(who: str, log: Log) -> None:
             "-o", "DPkg::Lock::Timeout=300", *missing]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
-        subprocess.run(["apt-get", "-q", "update"], capture_output=True, env=env, timeout=600)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "-q", "update"], capture_output=True, env=env, timeout=600)
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
         raise HarnessError(f"{who}: cannot install build dependencies: {last_line(proc)}")

@@ -12,6 +12,7 @@ raises ``Hang`` with the evidence.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -26,9 +27,12 @@ from ..machine import CpuPlug, MachineConfig
 from ..microcode.cpuid import cpuid_signature
 from ..snapshot import Snapshot
 from . import process
-from .progress import SAMPLE_INTERVAL, CpuPlace, ProgressMonitor, Sample, console_progress
+from .progress import (SAMPLE_INTERVAL, SMI_READ_EVERY, CpuPlace, ProgressMonitor, Sample,
+                       console_progress)
 from .qmp import QmpCommandError
-from .vm import QemuVM
+from .vm import QemuVM, shared_ram_dir
+
+_log = logging.getLogger(__name__)
 
 # Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
 COMMAND_TIMEOUT = 30.0
@@ -134,6 +138,8 @@ class QemuBackend(Backend):
         # snapshots come from QMP/HMP only (no SMBASE); newer QEMU is migrated as ever.
         self.unplugged = False
         self._nsnap = 0
+        # snapshots leave guest RAM out (shared RAM, migrated with x-ignore-shared)
+        self.ram_left_out = False
         self._guest_reports = []    # the guest kernel's own stall reports (console)
 
     # --- set-up ----------------------------------------------------------------------
@@ -146,15 +152,21 @@ class QemuBackend(Backend):
                                         version=self.firmware_version)
         from .image import build_image   # builds on first use, cached after
         image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
+        ram_dir, why = shared_ram_dir(machine.memory_mib, version)
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
                          run_dir=run_dir, accel=accel, kernel=image.kernel,
                          initrd=image.initrd,
-                         cmdline=image.cmdline)
+                         cmdline=image.cmdline, ram_dir=ram_dir)
         self.vm.launch()
         try:
             self.vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
         except QemuError:
             pass
+        if ram_dir is not None:
+            why = self._set_ignore_shared(True)
+        self.ram_left_out = why is None
+        if why:
+            _log.info("snapshots carry all guest RAM: %s", why)
         self._info = {"qemu": binary, "qemu_version": version, "accel": accel,
                       "firmware": profile.name, "firmware_code": str(images.code),
                       "firmware_identity": (profile.identity.describe()
@@ -165,6 +177,16 @@ class QemuBackend(Backend):
 
     def info(self) -> dict:
         return dict(getattr(self, "_info", {}))
+
+    def _set_ignore_shared(self, on):
+        """Migrations leave shared guest RAM (cmdline.shared_ram_args) out, or send it.
+        Returns None, or why QEMU refused (then RAM is sent: slower, still correct)."""
+        try:
+            self.vm.qmp.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "x-ignore-shared", "state": on}])
+        except QmpCommandError as e:
+            return f"QEMU refused the capability x-ignore-shared: {e.desc}"
+        return None
 
     def _migration_unsafe(self):
         if not self.unplugged or settings.migrate_after_unplug():
@@ -407,7 +429,10 @@ class QemuBackend(Backend):
         return {}
 
     # --- looking from outside -------------------------------------------------------------
-    def _migrate_snapshot(self, keep=False):
+    def _migrate_snapshot(self, keep=False, full=False):
+        """Stop, migrate to ``snapshot-N.mig`` in the run directory, parse, continue.
+        The stream leaves shared guest RAM out (a few MB) unless ``full``: then it
+        carries all of it (a hang's diagnosis keeps one to look into)."""
         from .migstream import parse_stream
         from .snapshot_decode import decode_snapshot
         self._nsnap += 1
@@ -416,6 +441,9 @@ class QemuBackend(Backend):
         was_running = status.get("running")
         if was_running:
             self.vm.qmp.cmd("stop")
+        with_ram = full and self.ram_left_out
+        if with_ram:
+            self._set_ignore_shared(False)
         try:
             self.vm.qmp.cmd("migrate", uri=f"exec:cat > {path}")
             deadline = time.monotonic() + MIGRATE_TIMEOUT
@@ -429,8 +457,10 @@ class QemuBackend(Backend):
                 if time.monotonic() > deadline:
                     raise QemuError(f"snapshot migration not completed within "
                                     f"{MIGRATE_TIMEOUT:.0f} s")
-                time.sleep(0.02)
+                time.sleep(0.005)
         finally:
+            if with_ram:
+                self._set_ignore_shared(True)
             if was_running:
                 self.vm.qmp.cmd("cont")
         snap = decode_snapshot(parse_stream(path))
@@ -515,22 +545,31 @@ class QemuBackend(Backend):
         return ioapic, lost_sci(ioapic, lapics, apic_ids)
 
     # --- is it a hang? --------------------------------------------------------------------
-    def _sample(self) -> Sample:
-        """Where every CPU is, how much work QEMU did, what guest and firmware printed."""
+    def _sample(self, smis=False) -> Sample:
+        """Where every CPU is, how much work QEMU did, what guest and firmware printed;
+        with ``smis``, also how many SMIs each CPU took (a migration: only while hang
+        evidence is gathered, and never where migrating is unsafe)."""
         from .hmp_diag import parse_info_registers
+        counts = None
+        if smis and not self._migration_unsafe():
+            try:
+                snap, _ = self._migrate_snapshot()
+                counts = {c.index: c.smi_count or 0 for c in snap.cpus}
+            except QemuError:            # no count this time; the places still tell
+                self._require_alive()
         regs = parse_info_registers(self.vm.qmp.hmp("info registers -a"))
         console, self._guest_reports = console_progress(self.vm.console_text())
         return Sample(t=time.monotonic(), cpu_seconds=process.cpu_seconds(self.vm.proc.pid),
                       cpus=tuple(CpuPlace(c["index"], bool(c["in_smm"]), bool(c["halted"]),
                                           c["cs"], c["eip"]) for c in regs),
                       console=console, debugcon=self.vm.debugcon_bytes(),
-                      resets=self.vm.qmp.guest_resets)
+                      resets=self.vm.qmp.guest_resets, smis=counts)
 
     def _watch(self, monitor, what):
         """One sample into ``monitor``; raises the Hang once the samples prove it."""
         if not self.vm.alive():
             self._require_alive()
-        monitor.add(self._sample())
+        monitor.add(self._sample(smis=monitor.smi_read_due()))
         evidence = monitor.verdict()
         if evidence is not None:
             evidence.guest_reports = list(self._guest_reports[-4:])
@@ -542,6 +581,7 @@ class QemuBackend(Backend):
         progress (or not yet provably not) raises StillProgressing: slow is not hung."""
         monitor = monitor or ProgressMonitor()
         end = time.monotonic() + EVIDENCE_WAIT
+        monitor.smi_read_every = SMI_READ_EVERY
         while True:
             if not self.vm.alive():      # a dead QEMU is a crash (its words), never a hang
                 self.vm.raise_if_crashed()
@@ -576,7 +616,7 @@ class QemuBackend(Backend):
             if self._migration_unsafe():
                 snap, path = self._qmp_snapshot(), None
             else:
-                snap, path = self._migrate_snapshot(keep=True)
+                snap, path = self._migrate_snapshot(keep=True, full=True)
             self._enrich(snap, guest=False)
             d["snapshot"] = snap.to_dict()
             d["snapshot_stream"] = str(path) if path else None

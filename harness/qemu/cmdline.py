@@ -51,11 +51,32 @@ def cpu_arg(model, props):
     return ",".join([model] + [f"{k}={prop_value(v)}" for k, v in props.items()])
 
 
+# Guest RAM as a shared file, so that snapshots leave it out. A migration with the
+# capability x-ignore-shared (QEMU 4.0+) does not send shared RAM blocks; since QEMU 8.1
+# only those of a memory-backend-file count (commit "exec/memory: Introduce
+# RAM_NAMED_FILE flag": memfd or shared anonymous RAM is sent in full, measured on
+# 10.0.2 and 11.1.3), so the backend is a file on tmpfs. ``mem-path`` names a directory:
+# QEMU then creates its file there (qemu_back_mem.pc.ram.XXXXXX) and unlinks it at once
+# (file_ram_open, every version), so the RAM lives exactly as long as QEMU, a crash or
+# a SIGKILL included, and no path in the arguments differs from one run to the next.
+# The block keeps the name "pc.ram" (the backend's id), as QEMU's own RAM had.
+# ``-machine memory-backend`` needs QEMU 5.0+.
+SHARED_RAM_MIN_QEMU = (5, 0)
+
+
+def shared_ram_args(memory_mib, ram_dir):
+    return ["-object", f"memory-backend-file,id=pc.ram,size={memory_mib}M,"
+                       f"mem-path={ram_dir},share=on",
+            "-machine", "memory-backend=pc.ram"]
+
+
 def qemu_args(binary, machine: MachineConfig, firmware, accel, paths, kernel=None,
               initrd=None, cmdline=KERNEL_CMDLINE):
     """The argument list, ``binary`` first. ``firmware``: a FirmwareImages (``code``,
     ``secure_pflash``); ``paths``: the run's ``vars``, ``console``, ``qmp`` and
-    ``debugcon`` paths; ``kernel``/``initrd``: the guest image (none: firmware only)."""
+    ``debugcon`` paths, and ``ram_dir`` (optional: guest RAM as a shared file in that
+    tmpfs directory, see :func:`shared_ram_args`); ``kernel``/``initrd``: the guest
+    image (none: firmware only)."""
     m, p = machine, paths
     args = [binary, "-machine", "q35,smm=on", "-accel", accel_arg(accel, m.tcg_thread)]
     if firmware.secure_pflash:
@@ -69,6 +90,8 @@ def qemu_args(binary, machine: MachineConfig, firmware, accel, paths, kernel=Non
         "-m", f"{m.memory_mib}M",
         "-global", f"mch.extended-tseg-mbytes={m.tseg_mbytes}",
     ]
+    if p.get("ram_dir"):
+        args += shared_ram_args(m.memory_mib, p["ram_dir"])
     for name, prop in hw.SMI_FEATURE_PROPERTIES.items():
         if name in m.smi_features:
             args += ["-global", f"ICH9-LPC.{prop}={prop_value(m.smi_features[name])}"]

@@ -15,7 +15,15 @@ of QEMU's own CPU time per running vCPU (work done without progress: a starved o
 stopped QEMU does not accrue it, and the vCPUs that spin share it, in one TCG thread or
 several), or, when every CPU is halted throughout (QEMU idle), ``STALL_IDLE_SECONDS``
 of wall time. Or: the firmware resets the machine over and over (``RESET_LOOP`` guest
-resets with the console silent), each cycle starting again from the reset vector.
+resets with the console silent), each cycle starting again from the reset vector. Or:
+an SMI storm, the firmware taking SMI after SMI with nothing else happening: at least
+``SMI_STORM`` SMIs (QEMU's own per-CPU count, ``msr_smi_count`` in the migration stream,
+read every ``SMI_READ_WAITING`` samples while a wait runs and every ``SMI_READ_EVERY``
+once it ran out) with the consoles silent and no reset. A storm moves every RIP (each SMI re-enters the handler), so the
+"one place" rule cannot see it; the count can. A whole healthy boot to the guest's shell
+takes 324-390 SMIs per CPU (QEMU 7.2 + OVMF 2022.11: 390, 10.0 + 2025.02: 324, 11.1 +
+2026.08: 342); OVMF 2026.08 with 7 MiB of TSEG took 16,360 in 22 s (QEMU 11.1.3), CPU 0
+returning between SMIs to the same DXE loop. ``SMI_STORM`` is ten whole healthy boots.
 
 Measured on QEMU 7.2.22 + OVMF 2022.11 (2 vCPUs, TCG, this 2-core machine): a healthy
 boot's longest stay of every CPU at one place is about 1.5 s of QEMU CPU time (the BSP
@@ -36,6 +44,10 @@ STALL_SAMPLES = 6
 STALL_CPU_SECONDS = 5.0      # > 3 x the longest healthy stay at one place (1.5 s)
 STALL_IDLE_SECONDS = 8.0     # every CPU halted, QEMU idle: wall time (timers still run)
 RESET_LOOP = 3               # guest resets, console silent: the firmware resets in a loop
+SMI_STORM = 4000             # SMIs on one CPU, consoles silent: > 10 x a whole healthy boot
+SMI_READ_EVERY = 4           # samples between reads of the SMI count (a small migration,
+#                              ~0.07 s) while hang evidence is gathered after a wait ran out
+SMI_READ_WAITING = 20        # ... and while a wait is still running (boot, hot-add, reset)
 # The guest's own reports of a stall are not progress: a slowed sparse cold-plug hang
 # prints "watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [migration/0:16]" every
 # 20-odd seconds (QEMU 7.2.22, OVMF 2022.11, loglevel=3 shows only these lines)
@@ -69,12 +81,13 @@ class Sample:
     console: int                  # bytes the guest console printed so far (no stall reports)
     debugcon: int                 # bytes of firmware debug output so far
     resets: int                   # guest resets QEMU reported so far
+    smis: dict | None = None      # CPU index -> SMIs taken so far, when it was read
 
 
 @dataclass
 class Evidence:
     """Why the machine is taken as hung, in the trace's terms."""
-    kind: str                     # "stall" or "reset-loop"
+    kind: str                     # "stall", "reset-loop" or "smi-storm"
     samples: int
     seconds: float
     cpu_seconds: float
@@ -83,6 +96,7 @@ class Evidence:
     console_bytes: int = 0
     debugcon_bytes: int = 0
     guest_reports: list = field(default_factory=list)   # the kernel's stall reports
+    smis: dict = field(default_factory=dict)    # smi-storm: CPU index -> SMIs taken
 
     def spinning(self):
         return sorted(c["index"] for c in self.cpus if not c["halted"])
@@ -91,6 +105,11 @@ class Evidence:
         if self.kind == "reset-loop":
             return (f"the guest reset the machine {self.resets} times in {self.seconds:.1f} s "
                     f"with nothing on its console")
+        if self.kind == "smi-storm":
+            took = ", ".join(f"cpu{i} {n}" for i, n in sorted(self.smis.items()))
+            return (f"an SMI storm: SMIs taken in {self.seconds:.1f} s ({took}; a whole "
+                    f"healthy boot takes under 400) with console and firmware debug "
+                    f"output unchanged and no reset")
         where = "; ".join(
             f"cpu{c['index']} {'halted' if c['halted'] else 'spinning'}"
             f"{' in SMM' if c['in_smm'] else ''} at {_at(c)}" for c in self.cpus)
@@ -123,17 +142,30 @@ class ProgressMonitor:
     """Samples in; a verdict out once the samples prove no progress."""
 
     def __init__(self, stall_samples=STALL_SAMPLES, stall_cpu_seconds=STALL_CPU_SECONDS,
-                 stall_idle_seconds=STALL_IDLE_SECONDS, reset_loop=RESET_LOOP):
+                 stall_idle_seconds=STALL_IDLE_SECONDS, reset_loop=RESET_LOOP,
+                 smi_storm=SMI_STORM, smi_read_every=SMI_READ_WAITING):
         self.stall_samples = stall_samples
         self.stall_cpu_seconds = stall_cpu_seconds
         self.stall_idle_seconds = stall_idle_seconds
         self.reset_loop = reset_loop
+        self.smi_storm = smi_storm
+        self.smi_read_every = smi_read_every
+        self.added = 0                     # samples added, for smi_read_due
         self.samples: list[Sample] = []
         self.first: Sample | None = None
+        self.quiet: Sample | None = None   # the first SMI count read since the consoles
+        #                                    last printed (or the machine last reset)
 
     def add(self, s: Sample):
         if self.first is None:
             self.first = s
+        self.added += 1
+        q = self.quiet
+        if q is not None and (q.console, q.debugcon, q.resets) != (s.console, s.debugcon,
+                                                                  s.resets):
+            self.quiet = q = None
+        if q is None and s.smis is not None:
+            self.quiet = s
         self.samples.append(s)
         # keep only the run of samples at the same places as the newest one
         keep = [s]
@@ -168,6 +200,11 @@ class ProgressMonitor:
             return Evidence("reset-loop", len(self.samples), last.t - self.first.t,
                             last.cpu_seconds - self.first.cpu_seconds, self._cpus(),
                             resets, last.console, last.debugcon)
+        storm = self._storm(last)
+        if storm:
+            return Evidence("smi-storm", len(self.samples), last.t - self.quiet.t,
+                            last.cpu_seconds - self.quiet.cpu_seconds, self._cpus(), 0,
+                            last.console, last.debugcon, smis=storm)
         first = self.samples[0]
         if len(self.samples) < self.stall_samples or not last.cpus:
             return None
@@ -179,6 +216,19 @@ class ProgressMonitor:
             return Evidence("stall", len(self.samples), last.t - first.t, busy,
                             self._cpus(), 0, last.console, last.debugcon)
         return None
+
+    def smi_read_due(self):
+        """Whether the next sample should read the SMI count: the first sample, then
+        every ``smi_read_every``-th."""
+        return self.added % self.smi_read_every == 0
+
+    def _storm(self, last):
+        """SMIs per CPU since the consoles went quiet, if one CPU took SMI_STORM."""
+        q = self.quiet
+        if q is None or last.smis is None or last is q:
+            return None
+        took = {i: n - q.smis.get(i, 0) for i, n in last.smis.items()}
+        return took if max(took.values(), default=0) >= self.smi_storm else None
 
     def _cpus(self):
         out = []
@@ -198,4 +248,12 @@ class ProgressMonitor:
                 f"{last.t - self.samples[0].t:.1f} s "
                 f"({last.cpu_seconds - self.samples[0].cpu_seconds:.1f} s of QEMU CPU "
                 f"time), not enough to call it a hang; console {last.console} bytes, "
-                f"{last.resets - self.first.resets} guest reset(s) since watching began")
+                f"{last.resets - self.first.resets} guest reset(s) since watching began"
+                f"{self._smis_text(last)}")
+
+    def _smis_text(self, last):
+        q = self.quiet
+        if q is None or last.smis is None or last is q:
+            return ""
+        took = max((n - q.smis.get(i, 0) for i, n in last.smis.items()), default=0)
+        return f"; up to {took} SMIs per CPU since the consoles went quiet"

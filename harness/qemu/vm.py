@@ -18,17 +18,44 @@ from pathlib import Path
 import pexpect.fdpexpect
 
 from ..errors import ConfigError, QemuCrashed, QemuError
+from ..known_bugs import version_tuple
 from ..machine import MachineConfig
 from . import process
-from .cmdline import KERNEL_CMDLINE, qemu_args
+from .cmdline import KERNEL_CMDLINE, SHARED_RAM_MIN_QEMU, qemu_args
 from .qmp import QmpSession
 
 SOCK_PARENT = "/tmp" if os.path.isdir("/tmp") else None
+# tmpfs for guest RAM as a shared file (cmdline.shared_ram_args): RAM, never disk
+SHARED_RAM_DIR = "/dev/shm"
+
+
+def shared_ram_dir(memory_mib, qemu_version, parent=SHARED_RAM_DIR):
+    """(directory, None) where guest RAM can be a shared file, so that snapshots leave
+    it out; (None, why not) otherwise, and the machine keeps private RAM (snapshots
+    then carry it, as before). tmpfs allocates on write and a full one kills QEMU with
+    SIGBUS on the guest's next touch, so it must have room for all of the guest's RAM."""
+    try:
+        if version_tuple(qemu_version) < SHARED_RAM_MIN_QEMU:
+            return None, (f"QEMU {qemu_version} < "
+                          f"{'.'.join(map(str, SHARED_RAM_MIN_QEMU))} has no "
+                          f"-machine memory-backend")
+    except ValueError:
+        return None, f"QEMU version {qemu_version!r} unknown"
+    try:
+        st = os.statvfs(parent)
+    except OSError as e:
+        return None, f"{parent}: {e.strerror}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return None, f"{parent} is not writable"
+    free_mib = st.f_bavail * st.f_frsize >> 20
+    if free_mib < memory_mib:
+        return None, f"{parent} has {free_mib} MiB free, the guest {memory_mib} MiB"
+    return parent, None
 
 
 class QemuVM:
     def __init__(self, *, binary, machine: MachineConfig, firmware, profile, run_dir,
-                 accel, kernel=None, initrd=None, cmdline=KERNEL_CMDLINE):
+                 accel, kernel=None, initrd=None, cmdline=KERNEL_CMDLINE, ram_dir=None):
         self.binary = binary
         self.machine = machine
         self.firmware = firmware          # firmware.FirmwareImages
@@ -36,6 +63,9 @@ class QemuVM:
         self.run_dir = Path(run_dir)
         self.accel = accel
         self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
+        # guest RAM as a shared file in this tmpfs directory (None: private RAM); QEMU
+        # unlinks its file as soon as it has created it, so nothing is left to clean
+        self.ram_dir = ram_dir
         self.proc = None
         self.qmp = None
         self.console = None
@@ -53,7 +83,8 @@ class QemuVM:
         return {"qmp": sock / "qmp.sock", "console": sock / "console.sock",
                 "vars": d / "OVMF_VARS.fd", "stderr": d / "qemu-stderr.log",
                 "stdout": d / "qemu-stdout.log", "console_log": d / "console.log",
-                "qmp_log": d / "qmp.log", "debugcon": d / "firmware-debug.log"}
+                "qmp_log": d / "qmp.log", "debugcon": d / "firmware-debug.log",
+                "ram_dir": self.ram_dir}
 
     def command_line(self):
         return qemu_args(self.binary, self.machine, self.firmware, self.accel, self.paths(),

@@ -60,3 +60,14 @@ def test_tcg_thread_default_comes_from_settings(monkeypatch):
 def test_cpu_properties():
     assert cpu_arg("Skylake-Client", {"ucode-rev": 0x10, "vmx": False}) == \
         "Skylake-Client,ucode-rev=16,vmx=off"
+
+
+def test_shared_ram_is_a_file_backend_in_the_ram_dir():
+    paths = {**PATHS, "ram_dir": Path("/dev/shm")}
+    args = qemu_args("qemu", MachineConfig(memory_mib=768), firmware(), "tcg", paths)
+    i = args.index("-object")
+    assert args[i:i + 4] == [
+        "-object", "memory-backend-file,id=pc.ram,size=768M,mem-path=/dev/shm,share=on",
+        "-machine", "memory-backend=pc.ram"]
+    assert args[args.index("-m") + 1] == "768M"           # sizes agree, as QEMU requires
+    assert "-object" not in qemu_args("qemu", MachineConfig(), firmware(), "tcg", PATHS)

@@ -55,17 +55,30 @@ def _sub(name):
 
 
 def build_stream(cpus=((0x1FFBD000, 0, 0, 5), (0x1FFBF000, 1 << 19, 0x40, 0)),
-                 with_smi_feat=True, page_size=4096):
-    """cpus: (smbase, hflags, interrupt_request, smi_count) per CPU."""
+                 with_smi_feat=True, page_size=4096, ignore_shared=False):
+    """cpus: (smbase, hflags, interrupt_request, smi_count) per CPU. ``ignore_shared``:
+    as QEMU writes it with the capability x-ignore-shared and pc.ram shared: the
+    capability named in the configuration, each block's address in the block list,
+    no record of pc.ram's pages (a flash block's page is still sent)."""
     ps = page_size
     out = b"QEVM" + be32(3)
     out += b"\x07" + be32(10) + b"pc-q35-7.2"
+    if ignore_shared:
+        out += _sub("configuration/capabilities") + be32(1) + bstr("x-ignore-shared")
     # RAM: START with the block list, one PART with a page and a zero page, END
     out += b"\x01" + be32(0) + bstr("ram") + be32(0) + be32(4)
-    out += be64((2 * ps) | ms.RAM_SAVE_FLAG_MEM_SIZE) + bstr("pc.ram") + be64(2 * ps)
-    out += be64(ms.RAM_SAVE_FLAG_EOS) + b"\x7e" + be32(0)
-    out += b"\x02" + be32(0) + be64(ms.RAM_SAVE_FLAG_PAGE) + bstr("pc.ram") + b"\xab" * ps
-    out += be64(ps | ms.RAM_SAVE_FLAG_ZERO | ms.RAM_SAVE_FLAG_CONTINUE) + b"\x00"
+    if ignore_shared:
+        out += (be64((3 * ps) | ms.RAM_SAVE_FLAG_MEM_SIZE) + bstr("pc.ram") + be64(2 * ps)
+                + be64(0) + bstr("system.flash0") + be64(ps) + be64(0xFFFFF000))
+        out += be64(ms.RAM_SAVE_FLAG_EOS) + b"\x7e" + be32(0)
+        out += (b"\x02" + be32(0) + be64(ms.RAM_SAVE_FLAG_PAGE) + bstr("system.flash0")
+                + b"\xcd" * ps)
+    else:
+        out += be64((2 * ps) | ms.RAM_SAVE_FLAG_MEM_SIZE) + bstr("pc.ram") + be64(2 * ps)
+        out += be64(ms.RAM_SAVE_FLAG_EOS) + b"\x7e" + be32(0)
+        out += (b"\x02" + be32(0) + be64(ms.RAM_SAVE_FLAG_PAGE) + bstr("pc.ram")
+                + b"\xab" * ps)
+        out += be64(ps | ms.RAM_SAVE_FLAG_ZERO | ms.RAM_SAVE_FLAG_CONTINUE) + b"\x00"
     out += be64(ms.RAM_SAVE_FLAG_EOS) + b"\x7e" + be32(0)
     out += b"\x03" + be32(0) + be64(ms.RAM_SAVE_FLAG_EOS) + b"\x7e" + be32(0)
     devices, sid = [], 1
@@ -177,6 +190,20 @@ def test_synthetic_without_smi_feat_subsection(tmp_path):
     p.write_bytes(build_stream(with_smi_feat=False))
     snap = decode_snapshot(parse_stream(p))
     assert snap.smi_features == {"requested": 0, "negotiated": 0, "ok": False, "names": []}
+
+
+def test_synthetic_stream_without_shared_ram(tmp_path):
+    """x-ignore-shared: pc.ram is listed (its length still gives the top of low RAM)
+    but none of its pages is sent; the device state decodes as from a full stream."""
+    p = tmp_path / "small.mig"
+    p.write_bytes(build_stream(ignore_shared=True))
+    s = parse_stream(p)
+    assert s.capabilities == ["x-ignore-shared"]
+    assert {n: (b.length, b.pages, b.zero_pages) for n, b in s.ram_blocks.items()} == {
+        "pc.ram": (8192, 0, 0), "system.flash0": (4096, 1, 0)}
+    full = tmp_path / "full.mig"
+    full.write_bytes(build_stream())
+    assert decode_snapshot(s).to_dict() == decode_snapshot(parse_stream(full)).to_dict()
 
 
 def _expect_error(tmp_path, data, *needles):

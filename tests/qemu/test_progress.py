@@ -180,3 +180,55 @@ def test_the_kernels_stall_reports_are_not_progress_but_its_words_are_kept():
                        "[migration/0:16]", "[   36.817752] watchdog: BUG: soft lockup - "
                        "CPU#1 stuck for 23s! [swapper/1:0]"]
     assert console_progress("Linux version 6.1\n") == (len("Linux version 6.1\n"), [])
+
+
+def storm_samples(n, smis_per_sample, console=lambda i: 0, read_every=4):
+    """An SMI storm as recorded on QEMU 11.1.3 + OVMF 2026.08 with 7 MiB of TSEG: CPU 0
+    in and out of SMM at RIPs thousands of bytes apart, CPU 1 in the handler, SMI count
+    read every ``read_every`` samples."""
+    rips = [0x1fadcc6a, 0x1f729be0, 0x1ffcd751, 0x1f901085, 0x1fff9133, 0x1f733508]
+    out = []
+    for i in range(n):
+        cpus = (CpuPlace(0, i % 3 != 1, False, 0x38, rips[i % len(rips)]),
+                CpuPlace(1, True, False, 0x38, rips[(i + 2) % len(rips)]))
+        smis = ({0: i * smis_per_sample, 1: i * smis_per_sample}
+                if i % read_every == 0 else None)
+        out.append(Sample(t=i * 0.5, cpu_seconds=i * 0.4, cpus=cpus, console=console(i),
+                          debugcon=0, resets=0, smis=smis))
+    return out
+
+
+def test_an_smi_storm_is_proven_by_the_smi_count_though_every_rip_moves():
+    samples = storm_samples(40, 350)           # 700 SMIs/s, as measured
+    i, v = replay(samples)
+    assert v is not None and v.kind == "smi-storm"
+    assert i == 12                             # the first count read past SMI_STORM
+    assert v.smis == {0: 4200, 1: 4200}
+    assert "an SMI storm" in v.text() and "cpu0 4200" in v.text()
+
+
+def test_a_healthy_boots_smis_are_not_a_storm():
+    # a whole healthy boot takes 324-390 SMIs (QEMU 7.2 to 11.1, OVMF 2022.11 to 2026.08)
+    samples = storm_samples(60, 7)
+    assert replay(samples) == (None, None)
+
+
+def test_console_output_restarts_the_smi_count():
+    # the guest prints every 10 samples: the SMIs between are never 4000 on one CPU
+    samples = storm_samples(80, 350, console=lambda i: i // 10)
+    assert replay(samples) == (None, None)
+
+
+def test_without_smi_counts_a_storm_is_not_called():
+    samples = [Sample(s.t, s.cpu_seconds, s.cpus, s.console, s.debugcon, s.resets, None)
+               for s in storm_samples(40, 350)]
+    assert replay(samples) == (None, None)
+
+
+def test_the_smi_count_is_read_on_the_first_sample_then_every_nth():
+    m = ProgressMonitor(smi_read_every=3)
+    due = []
+    for s in storm_samples(7, 0):
+        due.append(m.smi_read_due())
+        m.add(s)
+    assert due == [True, False, False, True, False, False, True]
