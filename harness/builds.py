@@ -3,8 +3,10 @@ package registry into a cache, so that a run can say which build it targets and 
 can get the same one with ``python -m harness builds fetch NAME``.
 
 Why these builds and how each runs on a Debian 12 host is measured in
-``shared/design/builds.md``; :data:`CATALOG` is that table, one row per build, so a new
-build (a source-built ``qemu-7.2-smm-fix``, a newer OVMF) is one more row.
+``shared/design/builds.md``; :data:`CATALOG` (:mod:`harness.build_catalog`) is that
+table, one row per build, so a new build (a source-built ``qemu-7.2-smm-fix``, a newer
+OVMF) is one more row. Debian's version rules are :mod:`harness.debian_versions`; this
+module fetches, caches and resolves builds.
 
 How a build is obtained:
 
@@ -58,6 +60,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 from . import hw, settings
 from .errors import ConfigError, HarnessError
+from . import hostio
+from .build_catalog import (BY_NAME, CATALOG, OVMF_CODE, OVMF_VARS, QEMU_BINARY,  # noqa: F401
+                            CatalogEntry, _lookup, build_names, catalog_entry)
+from .debian_versions import (compare_versions, deb_filename_version,  # noqa: F401
+                              madison_versions, parse_dpkg_status, pick_version,
+                              upstream_matches)
 from .hostio import exclusive_lock as _lock, last_line, sha256_file
 
 _log = logging.getLogger(__name__)
@@ -74,14 +82,11 @@ WRAPPER = "bin/qemu-system-x86_64"
 RECORD_FORMAT = 1
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 
-QEMU_BINARY = "usr/bin/qemu-system-x86_64"
 # ROM directories, in QEMU's search order: its own data, then the SeaBIOS and iPXE ROMs
 # Debian's QEMU also looks for (where the root has them; else QEMU falls back to its
 # built-in directories, i.e. the host's seabios and ipxe-qemu)
 QEMU_DATADIRS = ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu")
 QEMU_MODULE_DIR = f"usr/lib/{MULTIARCH}/qemu"
-OVMF_CODE = "usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
-OVMF_VARS = "usr/share/OVMF/OVMF_VARS_4M.fd"
 
 # QMP session that proves a QEMU starts a q35 machine: every library, module and ROM
 # (bios-256k.bin, kvmvapic.bin, ...) a q35 machine needs at start-up is found.
@@ -92,103 +97,6 @@ QMP_PROBE_ARGS = ("-M", "q35", "-accel", "tcg", "-nodefaults", "-display", "none
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- the catalog
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """One named build: what it is, where it comes from and how it is made.
-
-    ``version`` is the upstream version prefix the name promises ("10.0", "2025.02"):
-    the newest package version of ``suite`` with that prefix is fetched, so a point
-    release the suite moves to is picked up, another minor release never is.
-    ``packages`` are fetched at that version; ``companions`` (mmdebstrap only) are
-    further apt requests installed into the root as apt resolves them. For ``system``
-    rows ``files`` are absolute paths; else paths inside the unpacked root.
-    """
-    name: str
-    kind: str                       # "qemu" | "ovmf"
-    method: str                     # "system" | "debs" | "mmdebstrap"
-    suite: str                      # the suite the packages come from
-    version: str                    # upstream version prefix the build must have
-    packages: Tuple[str, ...] = ()
-    companions: Tuple[str, ...] = ()
-    base_suite: Optional[str] = None    # mmdebstrap: the release of the root
-    files: Tuple[str, ...] = ()
-    about: str = ""
-    minutes: Optional[int] = None       # rough fetch time, said before a long fetch
-    patches: Optional[str] = None       # source: the series, contrib/qemu/<patches>/
-    marker: str = ""                    # source: what --version's pkgversion ends with
-
-    @property
-    def fetched(self) -> bool:
-        return self.method != "system"
-
-
-_QEMU_DEBS = ("qemu-system-x86", "qemu-system-common", "qemu-system-data",
-              "qemu-system-gui", "qemu-system-modules-opengl")
-
-CATALOG: Tuple[CatalogEntry, ...] = (
-    CatalogEntry("qemu-7.2", "qemu", "system", "bookworm", "7.2",
-                 files=("/usr/bin/qemu-system-x86_64",),
-                 about="Debian 12's QEMU, as installed"),
-    CatalogEntry("qemu-10.0", "qemu", "debs", "bookworm-backports", "10.0",
-                 packages=_QEMU_DEBS, files=(QEMU_BINARY,),
-                 about="bookworm-backports' QEMU, unpacked; runs on the host's libraries"),
-    CatalogEntry("qemu-11.1", "qemu", "mmdebstrap", "trixie-backports", "11.1",
-                 packages=("qemu-system-x86", "qemu-system-common", "qemu-system-data"),
-                 companions=("seabios/trixie-backports", "ipxe-qemu"),
-                 base_suite="trixie", files=(QEMU_BINARY,), minutes=1,
-                 about="trixie-backports' QEMU in a private trixie root, run through "
-                       "that root's loader"),
-    CatalogEntry("qemu-7.2-smm-fix", "qemu", "source", "bookworm", "7.2",
-                 packages=("qemu",), files=(), patches="7.2", marker="smm-fix", minutes=8,
-                 about="Debian 12's QEMU source with our TCG SMM fixes (contrib/qemu/7.2: "
-                       "INIT latched in SMM, SMI held in wait-for-SIPI and kept at INIT), "
-                       "built here"),
-    CatalogEntry("qemu-10.2-smm-fix", "qemu", "source", "sid", "10.2",
-                 packages=("qemu",), files=(), patches="10.2", marker="smm-fix", minutes=10,
-                 about="sid's QEMU 10.2 source (the newest the registry serves; 11.1's "
-                       "files are not) with our TCG SMM fixes (contrib/qemu/10.2), built "
-                       "here against Debian 12's libraries"),
-    CatalogEntry("ovmf-2022.11", "ovmf", "system", "bookworm", "2022.11",
-                 packages=("ovmf",),
-                 files=("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-                        "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-                 about="Debian 12's OVMF, as installed"),
-    CatalogEntry("ovmf-2025.02", "ovmf", "debs", "trixie", "2025.02",
-                 packages=("ovmf",), files=(OVMF_CODE, OVMF_VARS),
-                 about="trixie's OVMF, unpacked"),
-    CatalogEntry("ovmf-2026.08", "ovmf", "debs", "sid", "2026.08",
-                 packages=("ovmf-generic",), files=(OVMF_CODE, OVMF_VARS),
-                 about="sid's OVMF (the images moved to ovmf-generic), unpacked"),
-)
-
-
-BY_NAME: Dict[str, CatalogEntry] = {e.name: e for e in CATALOG}
-
-
-def build_names(kind: Optional[str] = None) -> List[str]:
-    """Catalog names, in catalog order; only QEMU or only OVMF builds with ``kind``."""
-    return [e.name for e in CATALOG if kind is None or e.kind == kind]
-
-
-def catalog_entry(name: str, kind: Optional[str] = None) -> CatalogEntry:
-    """The row of ``name``; ConfigError naming the known builds (of ``kind``) if none."""
-    for e in CATALOG:
-        if e.name == name:
-            if kind is not None and e.kind != kind:
-                raise ConfigError(f"{name} is an {e.kind.upper()} build, not {kind.upper()} "
-                                  f"(known {kind.upper()} builds: {', '.join(build_names(kind))})")
-            return e
-    what = f"{kind.upper()} build" if kind else "build"
-    raise ConfigError(f"unknown {what} {name!r} (known: {', '.join(build_names(kind))})")
-
-
-def _lookup(name: str) -> Optional[CatalogEntry]:
-    return BY_NAME.get(name)
 
 
 # ---------------------------------------------------------------- builds
@@ -244,15 +152,8 @@ def _hash_cached(path: Path) -> str:
 def _run(argv: Sequence[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run a tool quietly (output captured); one-line errors when it cannot run."""
     _log.debug("run: %s", " ".join(shlex.quote(str(a)) for a in argv))
-    try:
-        return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                              timeout=timeout, **kw)
-    except FileNotFoundError:
-        raise HarnessError(f"{argv[0]} not found: fetching builds needs a Debian host "
-                           f"with apt and dpkg") from None
-    except subprocess.TimeoutExpired:
-        raise HarnessError(f"{Path(str(argv[0])).name} did not finish within "
-                           f"{timeout:.0f} s") from None
+    return hostio.run_tool(argv, timeout, ": fetching builds needs a Debian host with "
+                           "apt and dpkg", capture_output=True, text=True, **kw)
 
 
 def _mount_points() -> List[str]:
@@ -290,109 +191,6 @@ def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------- Debian versions
-
-
-def _order(c: str) -> int:
-    if c == "":
-        return 0
-    if c == "~":
-        return -1
-    if c.isalpha():
-        return ord(c)
-    return ord(c) + 256
-
-
-def _verrevcmp(a: str, b: str) -> int:
-    i = j = 0
-    while i < len(a) or j < len(b):
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
-            ac = _order(a[i]) if i < len(a) and not a[i].isdigit() else 0
-            bc = _order(b[j]) if j < len(b) and not b[j].isdigit() else 0
-            if ac != bc:
-                return ac - bc
-            i += 1
-            j += 1
-        while i < len(a) and a[i] == "0":
-            i += 1
-        while j < len(b) and b[j] == "0":
-            j += 1
-        first = 0
-        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
-            if not first:
-                first = ord(a[i]) - ord(b[j])
-            i += 1
-            j += 1
-        if i < len(a) and a[i].isdigit():
-            return 1
-        if j < len(b) and b[j].isdigit():
-            return -1
-        if first:
-            return first
-    return 0
-
-
-def _split_version(v: str) -> Tuple[int, str, str]:
-    epoch, _, rest = v.partition(":") if ":" in v else ("0", "", v)
-    upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
-    return int(epoch or 0), upstream, revision
-
-
-def compare_versions(a: str, b: str) -> int:
-    """dpkg's version order: <0, 0, >0 as ``a`` is older, equal, newer than ``b``."""
-    ea, ua, ra = _split_version(a)
-    eb, ub, rb = _split_version(b)
-    if ea != eb:
-        return ea - eb
-    return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
-
-
-def upstream_matches(version: str, prefix: str) -> bool:
-    """Whether a Debian version's upstream part is release ``prefix`` ("10.0" matches
-    1:10.0.2+ds-2, not 1:10.01 nor 1:10.1.0)."""
-    upstream = version.split(":", 1)[-1]
-    return re.match(re.escape(prefix) + r"($|[.+~-])", upstream) is not None
-
-
-def pick_version(madison: str, package: str, prefix: Optional[str],
-                 source: bool = False) -> Optional[str]:
-    """The newest version of ``package`` in ``apt-cache madison`` output whose upstream
-    version has ``prefix`` (any version when None); None if there is none. Binary
-    packages by default, the source package with ``source``."""
-    found = []
-    for line in madison.splitlines():
-        cols = [c.strip() for c in line.split("|")]
-        if len(cols) >= 3 and cols[0] == package and ("Sources" in cols[2]) == source:
-            if prefix is None or upstream_matches(cols[1], prefix):
-                found.append(cols[1])
-    best = None
-    for v in found:
-        if best is None or compare_versions(v, best) > 0:
-            best = v
-    return best
-
-
-def madison_versions(madison: str, package: str) -> List[str]:
-    return [c[1] for c in ([x.strip() for x in l.split("|")] for l in madison.splitlines())
-            if len(c) >= 3 and c[0] == package]
-
-
-def deb_filename_version(version: str) -> str:
-    """How a version is spelled in a .deb file name (``:`` becomes ``%3a``)."""
-    return version.replace(":", "%3a")
-
-
-def parse_dpkg_status(text: str) -> Dict[str, str]:
-    """{package: version} of the installed packages in a dpkg status file."""
-    out: Dict[str, str] = {}
-    for para in re.split(r"\n\s*\n", text):
-        fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", para, re.M))
-        if "Package" in fields and "Version" in fields and \
-                fields.get("Status", "install ok installed").endswith(" installed"):
-            out[fields["Package"]] = fields["Version"]
-    return out
 
 
 # ---------------------------------------------------------------- apt sources

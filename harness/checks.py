@@ -21,10 +21,14 @@ class CheckResult:
     observed: object
     detail: str = ""
     cpus: list = field(default_factory=list)     # indexes of the CPUs at fault
+    diagnosis: object = None      # a step verdict's Diagnosis (an unplug's: why not)
 
     def to_dict(self):
-        return {"name": self.name, "passed": self.passed, "expected": self.expected,
-                "observed": self.observed, "detail": self.detail, "cpus": self.cpus}
+        d = {"name": self.name, "passed": self.passed, "expected": self.expected,
+             "observed": self.observed, "detail": self.detail, "cpus": self.cpus}
+        if self.diagnosis is not None:
+            d["diagnosis"] = self.diagnosis
+        return d
 
     def line(self):
         mark = "ok  " if self.passed else "FAIL"

@@ -11,6 +11,9 @@ from .errors import HarnessError
 from .session import BACKEND_CHOICES, Options
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _add_run_options(p, backend=True):
     if backend:
         p.add_argument("--backend", choices=BACKEND_CHOICES, default="qemu")
@@ -92,7 +95,7 @@ def cmd_probe(a):
     opts = _options(a)
     machine = MachineConfig(cpus=a.smp, maxcpus=maxcpus, memory_mib=mib,
                             tseg_mbytes=a.tseg_mbytes, cpu_model=a.cpu,
-                            accel=resolve_accel(opts, "qemu"))
+                            accel=resolve_accel(opts))
     run_dir = Path(a.run_dir or "runs/probe")
     t = resolve_target(opts)
     b = QemuBackend(qemu=t.qemu_binary, ovmf_code=t.ovmf_code, ovmf_vars=t.ovmf_vars,
@@ -114,7 +117,7 @@ def cmd_probe(a):
         print(json.dumps(out, indent=2))
     else:
         from .report import cpu_table
-        print(cpu_table(snap.to_dict()))
+        print(cpu_table(snap))
         print(f"  SMI features negotiated: {snap.smi_features.get('names')}")
     return 0
 
@@ -170,9 +173,12 @@ def main(argv=None):
     parser = build_parser()
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="say what the harness does (-v: info, -vv: debug)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                        help="how much the harness says on stderr (overrides -v)")
     a = parser.parse_args(argv)
     import logging
-    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(a.verbose, 2)],
+    level = a.log_level or ("warning", "info", "debug")[min(a.verbose, 2)]
+    logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(name)s: %(message)s")
     try:
         return a.func(a)

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import CYCLING_EVIDENCE
+from .diagnosis import CYCLING_EVIDENCE
 from .report import cpu_table
+from .snapshot import Snapshot
 from .trace import read_trace
 
 CPU_FIELDS = ("apic_id", "smbase", "in_smm", "online", "ucode_rev", "guest_ucode_rev",
@@ -101,6 +102,11 @@ class Comparison:
 
 def _err_kind(step):
     return (step.get("error") or {}).get("kind")
+
+
+def _snapshot(record):
+    """A trace's snapshot record (or a hang's per-CPU table) as a Snapshot."""
+    return Snapshot.from_dict(record) if record else None
 
 
 def _hang_snapshot(step):
@@ -329,8 +335,8 @@ def format_divergence(d: Divergence) -> str:
              f"{d.left_name} {_v(d.left)} != {d.right_name} {_v(d.right)}"
              + (f": {d.note}" if d.note else "")]
     if d.left_snapshot or d.right_snapshot:
-        ta = cpu_table(d.left_snapshot, mark={d.cpu}).splitlines()
-        tb = cpu_table(d.right_snapshot, mark={d.cpu}).splitlines()
+        ta = cpu_table(_snapshot(d.left_snapshot), mark={d.cpu}).splitlines()
+        tb = cpu_table(_snapshot(d.right_snapshot), mark={d.cpu}).splitlines()
         w = max((len(s) for s in ta), default=0)
         lines.append(f"  {d.left_name:<{w - 2}} | {d.right_name}")   # | over the rows' |
         for i in range(max(len(ta), len(tb))):

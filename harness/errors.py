@@ -3,6 +3,7 @@
 The CLI and the pytest plugin print ``str(error)`` of any HarnessError and exit; anything
 else escaping is a bug of the harness.
 """
+from .diagnosis import Diagnosis
 
 
 class HarnessError(Exception):
@@ -14,12 +15,26 @@ class ConfigError(HarnessError):
 
 
 class ScenarioError(ConfigError):
-    """A scenario file is malformed. Formats as ``file:line: key: what is wrong``."""
+    """A scenario file is malformed. Formats as ``file:line: key: what is wrong``; one
+    naming several problems (``problems``) is one such line each. ``file``, ``line``,
+    ``key`` and ``message`` are the first problem's."""
 
     def __init__(self, file, line, key, message):
         self.file, self.line, self.key, self.message = str(file), line, key, message
+        self.problems = [self]
         where = f"{self.file}:{line}" if line else self.file
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+    @classmethod
+    def of(cls, problems):
+        """One error for every problem of a file, in the order given."""
+        if len(problems) == 1:
+            return problems[0]
+        first = problems[0]
+        e = cls(first.file, first.line, first.key, first.message)
+        e.problems = list(problems)
+        e.args = ("\n".join(str(p) for p in problems),)
+        return e
 
 
 class BackendError(HarnessError):
@@ -79,8 +94,8 @@ class NotRemoved(BackendError):
 
     def __init__(self, slot, waited, diagnosis=None):
         self.slot, self.waited = slot, waited
-        self.diagnosis = diagnosis or {}
-        why = self.diagnosis.get("why")
+        self.diagnosis = Diagnosis.from_dict(diagnosis)
+        why = self.diagnosis.why
         super().__init__(f"CPU in slot {slot} not removed within {waited:g} s of device_del"
                          + (f": {why}" if why else ""))
 
@@ -95,42 +110,20 @@ class StillProgressing(BackendError):
         super().__init__(f"still progressing at the deadline: {what} ({progress})")
 
 
-# Hangs in which the machine keeps cycling: one instant's CPU state is not the hang's
-CYCLING_EVIDENCE = {"reset-loop": "reset loop", "smi-storm": "SMI storm"}
-
-
 class Hang(BackendError):
     """The guest or firmware stopped making progress, shown by evidence.
 
-    ``diagnosis`` is a dict: {"reason": str, "evidence": {"kind": "stall" |
-    "reset-loop" | "smi-storm", ...} (what proves it: harness.qemu.progress.Evidence, or the model's
-    own scheduler), "cpus": [{"index", "apic_id", "in_smm", "halted", "cs", "eip",
-    "smbase"}...], ...} so reports and expectations can name which CPU is in SMM, which
-    is halted, which spins and which was never relocated.
+    ``diagnosis`` (a :class:`harness.diagnosis.Diagnosis`, or the backend's bag of
+    findings it is made from) names which CPU is in SMM, which is halted, which spins
+    and which was never relocated, and what proves the hang (stall, reset-loop or
+    smi-storm).
     """
 
     def __init__(self, reason, diagnosis=None):
         self.reason = reason
-        self.diagnosis = diagnosis or {}
+        self.diagnosis = Diagnosis.from_dict(diagnosis)
         super().__init__(f"hang: {reason}")
 
     def signature(self):
-        """The comparable part of a hang, by cpu index: CPUs in SMM, halted, spinning
-        at one place (from the evidence), still at the default SMBASE 0x30000 (never
-        relocated), and what proves the hang (``evidence``: stall, reset-loop or
-        smi-storm)."""
-        from .hw import DEFAULT_SMBASE
-        cpus = self.diagnosis.get("cpus", [])
-        ev = self.diagnosis.get("evidence") or {}
-        sig = {"evidence": ev.get("kind"),
-               "smbase_default": sorted(c["index"] for c in cpus
-                                        if c.get("smbase") == DEFAULT_SMBASE)}
-        if ev.get("kind") in CYCLING_EVIDENCE:
-            # the machine cycles (through boot, or in and out of SMM): no CPU state of
-            # one instant describes it
-            return {**sig, "in_smm": None, "halted": None, "spinning": None}
-        places = ev.get("cpus") or cpus     # a stall: the state the samples proved
-        return {**sig,
-                "in_smm": sorted(c["index"] for c in places if c.get("in_smm")),
-                "halted": sorted(c["index"] for c in places if c.get("halted")),
-                "spinning": sorted(c["index"] for c in places if not c.get("halted"))}
+        """The comparable part of the hang (:meth:`Diagnosis.signature`)."""
+        return self.diagnosis.signature()

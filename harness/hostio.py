@@ -1,6 +1,7 @@
 """What every cache of the harness (named builds, firmware identities, the guest image)
 does with the host the same way: hash a file's content, hold an exclusive lock while a
-cache entry is written, and say in one line why a host tool (apt, dpkg) failed.
+cache entry is written, and say in one line why a host tool (apt, dpkg, a compiler)
+failed or could not run.
 
 Why a module: these were written twice (builds.py and firmware.py hashed files alike,
 builds.py and the image build locked alike, both apt wrappers picked apt's error line);
@@ -39,6 +40,22 @@ def exclusive_lock(path: Path):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_tool(argv, timeout: float, missing: str, **kw) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv)``, a missing program or a timeout as one HarnessError line:
+    ``missing`` says what to install, ``log`` (in ``kw``, not passed on) where the output
+    went. Named builds and source builds run their tools through here."""
+    from .errors import HarnessError
+    log = kw.pop("log", None)
+    where = f" (log: {log})" if log else ""
+    try:
+        return subprocess.run([str(a) for a in argv], timeout=timeout, **kw)
+    except FileNotFoundError:
+        raise HarnessError(f"{argv[0]} not found{missing}") from None
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"{Path(str(argv[0])).name} did not finish within "
+                           f"{timeout:.0f} s{where}") from None
 
 
 def last_line(proc: subprocess.CompletedProcess) -> str:

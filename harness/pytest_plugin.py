@@ -104,7 +104,7 @@ class ScenarioItem(pytest.Item):
         from .session import resolve_target, skip_reason
         opts = _options(self.config)
         try:
-            accel = resolve_accel(opts, self.backend)
+            accel = resolve_accel(opts)
         except HarnessError as e:
             raise ScenarioFailure(str(e)) from None
         try:
@@ -130,17 +130,18 @@ class ScenarioItem(pytest.Item):
 
     def _compare(self, opts, accel, qemu_result):
         """--backend both: the model runs the same scenario for the same build
-        (milliseconds) and its trace must not diverge from QEMU's. Its own directory
-        keeps xdist workers apart."""
-        from .compare import compare, format_comparison
+        (milliseconds) and its trace must not diverge from QEMU's; compared as the CLI
+        compares (session.compare_runs). Items are independent (xdist may run the model
+        item on another worker), so this run has its own directory."""
+        from .compare import format_comparison
+        from .session import compare_runs
         try:
             model_result = run_one(self.scenario, "model", opts, accel, suffix="-vs-qemu")
         except HarnessError as e:
             raise ScenarioFailure(f"{self.scenario.path}: model: {e}") from None
         self.user_properties.append(("model_trace", str(model_result.trace_path)))
-        c = compare(qemu_result.trace_path, model_result.trace_path)
+        c = compare_runs(qemu_result, model_result)
         text = format_comparison(c)
-        (model_result.run_dir / "comparison.txt").write_text(text + "\n")
         self.user_properties.append(("comparison", text))
         if c.divergence is not None:
             raise ScenarioFailure(text)

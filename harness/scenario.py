@@ -1,7 +1,11 @@
 """Scenario files: load, validate, and report every mistake as ``file:line: key: problem``.
 
 The YAML is composed into nodes first (PyYAML keeps each node's line), then validated
-against the schema below by hand, so that every error can name its line. The format is
+against the schema below by hand, so that every error can name its line. A mistake
+stops only the part it is in (a key, a step, an expectation): the rest is still
+validated, and every problem of the file is reported at once, one line each, in the
+order of the file. Steps are validated from ``steps.STEP_TABLE`` (their argument kinds
+parsed by ``ARG_PARSERS`` below), checks from ``checks.CHECK_TABLE``. The format is
 documented key by key in docs/scenarios.md.
 """
 from __future__ import annotations
@@ -17,11 +21,10 @@ from . import known_bugs
 from .checks import CHECK_ARGS, backend_problems
 from .errors import ConfigError, ScenarioError
 from .machine import (ACCELS, CPUS_RANGE, SMI_FEATURES, TSEG_MBYTES_RANGE,
-                      CpuPlug, MachineConfig, parse_memory)
+                      MachineConfig, parse_memory)
+from .steps import AFTER_BOOT, BEFORE_BOOT, STEP_OPS, STEP_TABLE, STEP_VERDICTS
 
 OUTCOMES = ("pass", "refused", "hang", "fail", "crash")
-STEP_OPS = ("boot", "coldplug", "hotplug", "unplug", "online", "offline", "smi", "guest",
-            "snapshot", "wait", "reset", "check")
 CHECKS = CHECK_ARGS       # name -> kind of argument (None = takes none): checks.CHECK_TABLE
 # What proves a hang (harness.qemu.progress): every CPU at one place with no output,
 # or the firmware resetting the machine over and over.
@@ -29,9 +32,6 @@ HANG_EVIDENCE = ("stall", "reset-loop", "smi-storm")
 # Signals QEMU dies of by itself (abort(), assertions, glibc's heap checks, a bad
 # pointer): SIGKILL and SIGTERM come from outside and are never an expected crash.
 CRASH_SIGNALS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP")
-# Verdicts of steps other than `check`, which a `fail` expectation may name too.
-STEP_VERDICTS = {"guest": "a guest step's exit status or output",
-                 "cpu_removed": "an unplug step's CPU still in its slot"}
 
 
 @dataclass
@@ -104,10 +104,23 @@ class Scenario:
 class _Ctx:
     def __init__(self, path):
         self.path = path
+        self.problems = []        # ScenarioError, every one found so far
 
     def err(self, node_or_line, key, msg):
         line = node_or_line if isinstance(node_or_line, int) else node_or_line.start_mark.line + 1
         return ScenarioError(self.path, line, key, msg)
+
+    def note(self, error):
+        self.problems.append(error)
+
+    def attempt(self, parse, *args, default=None):
+        """``parse(*args)``; a mistake in it is noted and ``default`` returned, so that
+        the parts after it are validated too."""
+        try:
+            return parse(*args)
+        except ScenarioError as e:
+            self.note(e)
+            return default
 
 
 def _scalar(ctx, node, key):
@@ -131,12 +144,15 @@ def _mapping(ctx, node, key, allowed):
     for k, v in node.value:
         name = k.value if isinstance(k, yaml.ScalarNode) else None
         if name is None:
-            raise ctx.err(k, key, "keys must be plain names")
+            ctx.note(ctx.err(k, key, "keys must be plain names"))
+            continue
         full = f"{key}.{name}" if key else name
         if allowed is not None and name not in allowed:
-            raise ctx.err(k, full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            ctx.note(ctx.err(k, full, f"unknown key (allowed: {', '.join(sorted(allowed))})"))
+            continue
         if name in out:
-            raise ctx.err(k, full, "duplicate key")
+            ctx.note(ctx.err(k, full, "duplicate key"))
+            continue
         out[name] = v
     return out
 
@@ -205,37 +221,50 @@ MACHINE_KEYS = {"cpu_model", "cpus", "maxcpus", "memory", "tseg_mbytes", "firmwa
 def _machine(ctx, node):
     m = _mapping(ctx, node, "machine", MACHINE_KEYS)
     cfg = MachineConfig()
-    if "cpu_model" in m:
-        cfg.cpu_model = _str(ctx, m["cpu_model"], "machine.cpu_model")
-    if "cpus" in m:
-        cfg.cpus = _int(ctx, m["cpus"], "machine.cpus", *CPUS_RANGE)
-    cfg.maxcpus = _int(ctx, m["maxcpus"], "machine.maxcpus", *CPUS_RANGE) if "maxcpus" in m \
-        else cfg.cpus
-    if "memory" in m:
-        cfg.memory_mib = _memory(ctx, m["memory"], "machine.memory")
-    if "tseg_mbytes" in m:
-        cfg.tseg_mbytes = _int(ctx, m["tseg_mbytes"], "machine.tseg_mbytes", *TSEG_MBYTES_RANGE)
-    if "firmware" in m:
-        cfg.firmware = _str(ctx, m["firmware"], "machine.firmware")
-    if cfg.firmware not in fwmod.profile_names():
-        line = m["firmware"] if "firmware" in m else node
-        raise ctx.err(line, "machine.firmware", f"unknown firmware profile "
-                      f"{cfg.firmware!r} (known: {', '.join(fwmod.profile_names())})")
-    if "smi_features" in m:
-        feats = _mapping(ctx, m["smi_features"], "machine.smi_features", set(SMI_FEATURES))
+    before = len(ctx.problems)
+
+    def key(name, parse):
+        if name in m:
+            ctx.attempt(parse, m[name])
+
+    def _cpus(n):
+        cfg.cpus = _int(ctx, n, "machine.cpus", *CPUS_RANGE)
+    key("cpus", _cpus)
+    cfg.maxcpus = cfg.cpus
+    key("cpu_model", lambda n: setattr(cfg, "cpu_model", _str(ctx, n, "machine.cpu_model")))
+    key("maxcpus", lambda n: setattr(cfg, "maxcpus",
+                                     _int(ctx, n, "machine.maxcpus", *CPUS_RANGE)))
+    key("memory", lambda n: setattr(cfg, "memory_mib", _memory(ctx, n, "machine.memory")))
+    key("tseg_mbytes", lambda n: setattr(cfg, "tseg_mbytes", _int(
+        ctx, n, "machine.tseg_mbytes", *TSEG_MBYTES_RANGE)))
+
+    def _firmware(n):
+        name = _str(ctx, n, "machine.firmware") if n is not None else cfg.firmware
+        if name not in fwmod.profile_names():
+            raise ctx.err(n if n is not None else node, "machine.firmware",
+                          f"unknown firmware profile {name!r} "
+                          f"(known: {', '.join(fwmod.profile_names())})")
+        cfg.firmware = name
+    ctx.attempt(_firmware, m.get("firmware"))
+
+    def _smi_features(n):
+        feats = _mapping(ctx, n, "machine.smi_features", set(SMI_FEATURES))
         for k, v in feats.items():
-            cfg.smi_features[k] = _bool(ctx, v, f"machine.smi_features.{k}")
-    if "cpu_props" in m:
-        cfg.cpu_props = _props(ctx, m["cpu_props"], "machine.cpu_props")
-    if "tcg_thread" in m:
-        cfg.tcg_thread = _str(ctx, m["tcg_thread"], "machine.tcg_thread")
-    if "extra_args" in m:
-        n = m["extra_args"]
+            cfg.smi_features[k] = ctx.attempt(_bool, ctx, v, f"machine.smi_features.{k}",
+                                              default=False)
+    key("smi_features", _smi_features)
+    key("cpu_props", lambda n: setattr(cfg, "cpu_props", _props(ctx, n, "machine.cpu_props")))
+    key("tcg_thread", lambda n: setattr(cfg, "tcg_thread",
+                                        _str(ctx, n, "machine.tcg_thread")))
+
+    def _extra_args(n):
         if not isinstance(n, yaml.SequenceNode):
             raise ctx.err(n, "machine.extra_args", "expected a list of strings")
         cfg.extra_args = [_str(ctx, x, "machine.extra_args") for x in n.value]
-    for key, problem in cfg.problems():      # the rules between keys (machine.py)
-        raise ctx.err(m.get(key, node), f"machine.{key}", problem)
+    key("extra_args", _extra_args)
+    if len(ctx.problems) == before:          # the rules between keys (machine.py)
+        for name, problem in cfg.problems():
+            ctx.note(ctx.err(m.get(name, node), f"machine.{name}", problem))
     return cfg
 
 
@@ -299,77 +328,118 @@ def _step(ctx, node, index, machine):
             raise ctx.err(node, key, f"a step is one operation, got {len(m)} keys "
                           f"({', '.join(m)})")
         op, val = next(iter(m.items()))
-    if op not in STEP_OPS:
+    if op not in STEP_TABLE:
         raise ctx.err(node, key, f"unknown step {op!r} (known: {', '.join(STEP_OPS)})")
     k = f"{key}.{op}"
-    line = node.start_mark.line + 1
     no_arg = val is None or (isinstance(val, yaml.ScalarNode) and val.value in ("", "~", "null"))
-    if op == "boot" and not no_arg:
-        m = _mapping(ctx, val, k, {"timeout"})
-        return Step(op, {"timeout": _number(ctx, m["timeout"], f"{k}.timeout", 1, 3600)}
-                    if "timeout" in m else {}, line)
-    if op in ("boot", "snapshot", "reset"):
-        if not no_arg:
-            raise ctx.err(val, k, "takes no argument")
-        return Step(op, {}, line)
-    if no_arg:
+    args = ARG_PARSERS[STEP_TABLE[op].arg](ctx, node, None if no_arg else val, k, machine)
+    return Step(op, args, node.start_mark.line + 1)
+
+
+# --- step arguments, by the argument kind of steps.STEP_TABLE --------------------------
+# Each parser gets the step's node, its value (None when the step has none), the key to
+# name in errors and the machine, and returns the step's args.
+def _arg_none(ctx, node, val, k, machine):
+    if val is not None:
+        raise ctx.err(val, k, "takes no argument")
+    return {}
+
+
+def _needs(ctx, node, val, k):
+    if val is None:
         raise ctx.err(node, k, "needs an argument")
-    if op == "hotplug" and isinstance(val, yaml.SequenceNode):
-        # device_add of each, back to back, before the guest has handled the first
-        # (what `virsh setvcpus` does); then the guest must list them all
-        if len(val.value) < 2:
-            raise ctx.err(val, k, "a list names two or more CPUs added back to back")
-        plugs = [_cpu_plug(ctx, x, f"{k}[{j}]", machine) for j, x in enumerate(val.value)]
-        slots = [p["slot"] for p in plugs]
-        if len(set(slots)) != len(slots):
-            raise ctx.err(val, k, f"slot listed twice ({slots})")
-        return Step(op, {"plugs": plugs}, line)
-    if op in ("coldplug", "hotplug"):
-        return Step(op, _cpu_plug(ctx, val, k, machine), line)
-    if op == "unplug" and not isinstance(val, yaml.ScalarNode):
-        m = _mapping(ctx, val, k, {"slot", "timeout"})
-        if "slot" not in m:
-            raise ctx.err(val, f"{k}.slot", "missing (which CPU slot to unplug)")
-        args = {"slot": _slot(ctx, m["slot"], f"{k}.slot", machine)}
-        if "timeout" in m:
-            args["timeout"] = _number(ctx, m["timeout"], f"{k}.timeout", 1, 3600)
-        return Step(op, args, line)
-    if op in ("unplug", "online", "offline"):
-        return Step(op, {"slot": _slot(ctx, val, k, machine)}, line)
-    if op == "smi":
-        if isinstance(val, yaml.ScalarNode):
-            return Step(op, {"value": _int(ctx, val, k, 0, 255), "data": None, "count": 1},
-                        line)
-        m = _mapping(ctx, val, k, {"value", "data", "count"})
-        return Step(op, {
-            "value": _int(ctx, m["value"], f"{k}.value", 0, 255) if "value" in m else 0,
-            "data": _int(ctx, m["data"], f"{k}.data", 0, 255) if "data" in m else None,
-            "count": _int(ctx, m["count"], f"{k}.count", 1, 100000) if "count" in m else 1,
-        }, line)
-    if op == "guest":
-        if isinstance(val, yaml.ScalarNode):
-            return Step(op, {"command": _str(ctx, val, k), "expect_rc": 0,
-                             "expect_output": None}, line)
-        m = _mapping(ctx, val, k, {"command", "expect_rc", "expect_output"})
-        if "command" not in m:
-            raise ctx.err(val, f"{k}.command", "missing")
-        pattern = _str(ctx, m["expect_output"], f"{k}.expect_output") \
-            if "expect_output" in m else None
-        if pattern is not None:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ctx.err(m["expect_output"], f"{k}.expect_output",
-                              f"bad regular expression: {e}") from None
-        return Step(op, {"command": _str(ctx, m["command"], f"{k}.command"),
-                         "expect_rc": _int(ctx, m["expect_rc"], f"{k}.expect_rc", 0, 255)
-                         if "expect_rc" in m else 0,
-                         "expect_output": pattern}, line)
-    if op == "wait":
-        return Step(op, {"seconds": _number(ctx, val, k)}, line)
-    if op == "check":
-        return Step(op, _check_args(ctx, val, k), line)
-    raise AssertionError(op)
+    return val
+
+
+def _arg_boot(ctx, node, val, k, machine):
+    if val is None:
+        return {}
+    m = _mapping(ctx, val, k, {"timeout"})
+    return {"timeout": _number(ctx, m["timeout"], f"{k}.timeout", 1, 3600)} \
+        if "timeout" in m else {}
+
+
+def _arg_plug(ctx, node, val, k, machine):
+    return _cpu_plug(ctx, _needs(ctx, node, val, k), k, machine)
+
+
+def _arg_plugs(ctx, node, val, k, machine):
+    val = _needs(ctx, node, val, k)
+    if not isinstance(val, yaml.SequenceNode):
+        return _cpu_plug(ctx, val, k, machine)
+    # device_add of each, back to back, before the guest has handled the first
+    # (what `virsh setvcpus` does); then the guest must list them all
+    if len(val.value) < 2:
+        raise ctx.err(val, k, "a list names two or more CPUs added back to back")
+    plugs = [_cpu_plug(ctx, x, f"{k}[{j}]", machine) for j, x in enumerate(val.value)]
+    slots = [p["slot"] for p in plugs]
+    if len(set(slots)) != len(slots):
+        raise ctx.err(val, k, f"slot listed twice ({slots})")
+    return {"plugs": plugs}
+
+
+def _arg_slot(ctx, node, val, k, machine):
+    return {"slot": _slot(ctx, _needs(ctx, node, val, k), k, machine)}
+
+
+def _arg_unplug(ctx, node, val, k, machine):
+    val = _needs(ctx, node, val, k)
+    if isinstance(val, yaml.ScalarNode):
+        return {"slot": _slot(ctx, val, k, machine)}
+    m = _mapping(ctx, val, k, {"slot", "timeout"})
+    if "slot" not in m:
+        raise ctx.err(val, f"{k}.slot", "missing (which CPU slot to unplug)")
+    args = {"slot": _slot(ctx, m["slot"], f"{k}.slot", machine)}
+    if "timeout" in m:
+        args["timeout"] = _number(ctx, m["timeout"], f"{k}.timeout", 1, 3600)
+    return args
+
+
+def _arg_smi(ctx, node, val, k, machine):
+    val = _needs(ctx, node, val, k)
+    if isinstance(val, yaml.ScalarNode):
+        return {"value": _int(ctx, val, k, 0, 255), "data": None, "count": 1}
+    m = _mapping(ctx, val, k, {"value", "data", "count"})
+    return {
+        "value": _int(ctx, m["value"], f"{k}.value", 0, 255) if "value" in m else 0,
+        "data": _int(ctx, m["data"], f"{k}.data", 0, 255) if "data" in m else None,
+        "count": _int(ctx, m["count"], f"{k}.count", 1, 100000) if "count" in m else 1,
+    }
+
+
+def _arg_guest(ctx, node, val, k, machine):
+    val = _needs(ctx, node, val, k)
+    if isinstance(val, yaml.ScalarNode):
+        return {"command": _str(ctx, val, k), "expect_rc": 0, "expect_output": None}
+    m = _mapping(ctx, val, k, {"command", "expect_rc", "expect_output"})
+    if "command" not in m:
+        raise ctx.err(val, f"{k}.command", "missing")
+    pattern = _str(ctx, m["expect_output"], f"{k}.expect_output") \
+        if "expect_output" in m else None
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ctx.err(m["expect_output"], f"{k}.expect_output",
+                          f"bad regular expression: {e}") from None
+    return {"command": _str(ctx, m["command"], f"{k}.command"),
+            "expect_rc": _int(ctx, m["expect_rc"], f"{k}.expect_rc", 0, 255)
+            if "expect_rc" in m else 0,
+            "expect_output": pattern}
+
+
+def _arg_seconds(ctx, node, val, k, machine):
+    return {"seconds": _number(ctx, _needs(ctx, node, val, k), k)}
+
+
+def _arg_checks(ctx, node, val, k, machine):
+    return _check_args(ctx, _needs(ctx, node, val, k), k)
+
+
+ARG_PARSERS = {"none": _arg_none, "boot": _arg_boot, "plug": _arg_plug,
+               "plugs": _arg_plugs, "slot": _arg_slot, "unplug": _arg_unplug,
+               "smi": _arg_smi, "guest": _arg_guest, "seconds": _arg_seconds,
+               "checks": _arg_checks}
 
 
 def _int_list(ctx, node, key):
@@ -464,8 +534,20 @@ TOP_KEYS = {"name", "purpose", "machine", "accel", "expect", "steps", "backends"
 
 
 def load(path) -> Scenario:
+    """The scenario in ``path``; a ScenarioError naming every problem of the file (one
+    ``file:line: key: problem`` line each, in the order of the file) if it has any."""
     path = Path(path)
     ctx = _Ctx(path)
+    try:
+        scn = _load(ctx, path)
+    except ScenarioError as e:
+        ctx.note(e)
+    if ctx.problems:
+        raise ScenarioError.of(sorted(ctx.problems, key=lambda e: e.line))
+    return scn
+
+
+def _load(ctx, path):
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -485,35 +567,57 @@ def load(path) -> Scenario:
     top = _mapping(ctx, root, "", TOP_KEYS)
     for required in ("purpose", "steps"):
         if required not in top:
-            raise ctx.err(root, required, "missing")
-    name = _str(ctx, top["name"], "name") if "name" in top else path.stem
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ctx.err(top.get("name", root), "name",
-                      "use letters, digits, '-', '_' and '.' only")
-    purpose = _str(ctx, top["purpose"], "purpose")
-    machine = _machine(ctx, top["machine"]) if "machine" in top else MachineConfig()
-    sn = top["steps"]
-    if not isinstance(sn, yaml.SequenceNode) or not sn.value:
-        raise ctx.err(sn, "steps", "expected a non-empty list of steps")
-    steps = [_step(ctx, s, i + 1, machine) for i, s in enumerate(sn.value)]
-    _check_order(ctx, steps)
-    accels = _choices(ctx, top, "accel", ("tcg", "kvm"), "accelerator")
-    backends = _choices(ctx, top, "backends", ("qemu", "model"), "backend")
-    for i, s in enumerate(steps, 1):        # checks.CHECK_TABLE says which backends run a check
+            ctx.note(ctx.err(root, required, "missing"))
+
+    def _name():
+        name = _str(ctx, top["name"], "name") if "name" in top else path.stem
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ctx.err(top.get("name", root), "name",
+                          "use letters, digits, '-', '_' and '.' only")
+        return name
+    name = ctx.attempt(_name)
+    purpose = ctx.attempt(_str, ctx, top["purpose"], "purpose") if "purpose" in top else None
+    machine = ctx.attempt(_machine, ctx, top["machine"], default=MachineConfig()) \
+        if "machine" in top else MachineConfig()
+    steps = ctx.attempt(_steps, ctx, top["steps"], machine, default=[]) \
+        if "steps" in top else []
+    accels = ctx.attempt(_choices, ctx, top, "accel", ("tcg", "kvm"), "accelerator",
+                         default=("tcg", "kvm"))
+    backends = ctx.attempt(_choices, ctx, top, "backends", ("qemu", "model"), "backend",
+                           default=())
+    for i, s in enumerate(steps, 1):   # the tables say which backends run a step, a check
+        if s is None:
+            continue
+        for b in backends:
+            if b not in STEP_TABLE[s.op].backends:
+                ctx.note(ctx.err(s.line, f"steps[{i}].{s.op}", f"not on {b}"))
         for problem in backend_problems(s.args["checks"] if s.op == "check" else [], backends):
-            raise ctx.err(s.line, f"steps[{i}].check", problem)
+            ctx.note(ctx.err(s.line, f"steps[{i}].check", problem))
     expect = {}
     if "expect" in top:
         en = top["expect"]
         direct = isinstance(en, yaml.MappingNode) and any(
             isinstance(k, yaml.ScalarNode) and k.value == "outcome" for k, _ in en.value)
         if isinstance(en, yaml.ScalarNode) or direct:   # one expectation for any accel
-            expect["any"] = _expectation(ctx, en, "expect", len(steps))
+            expect["any"] = ctx.attempt(_expectation, ctx, en, "expect", len(steps))
         else:
-            for k, v in _mapping(ctx, en, "expect", {"tcg", "kvm", "any"}).items():
-                expect[k] = _expectation(ctx, v, f"expect.{k}", len(steps))
+            for k, v in ctx.attempt(_mapping, ctx, en, "expect", {"tcg", "kvm", "any"},
+                                    default={}).items():
+                expect[k] = ctx.attempt(_expectation, ctx, v, f"expect.{k}", len(steps))
+    if ctx.problems:
+        return None
     return Scenario(name=name, path=path, purpose=purpose, machine=machine, steps=steps,
                     accels=accels, expect=expect, backends=backends)
+
+
+def _steps(ctx, sn, machine):
+    """Every step (None for one with a mistake), then their order if all are valid."""
+    if not isinstance(sn, yaml.SequenceNode) or not sn.value:
+        raise ctx.err(sn, "steps", "expected a non-empty list of steps")
+    steps = [ctx.attempt(_step, ctx, s, i + 1, machine) for i, s in enumerate(sn.value)]
+    if None not in steps:
+        _check_order(ctx, steps)
+    return steps
 
 
 def _choices(ctx, top, key, allowed, what):
@@ -530,18 +634,23 @@ def _choices(ctx, top, key, allowed, what):
 
 
 def _check_order(ctx, steps):
-    """Cold-plug only before boot; everything that needs a running guest after it."""
+    """When each step may come (steps.STEP_TABLE): before boot only while paused, after
+    it only once booted; boot itself once (reset boots again)."""
     booted = False
     for i, s in enumerate(steps, 1):
         key = f"steps[{i}].{s.op}"
+        when = STEP_TABLE[s.op].when
         if s.op == "boot":
             if booted:
-                raise ctx.err(s.line, key, "the machine is already booted (use reset)")
+                ctx.note(ctx.err(s.line, key, "the machine is already booted (use reset)"))
             booted = True
-        elif s.op == "coldplug" and booted:
-            raise ctx.err(s.line, key, "cold-plug must come before boot")
-        elif s.op not in ("coldplug", "check", "snapshot", "wait") and not booted:
-            raise ctx.err(s.line, key, "needs a booted machine: add a boot step before it")
+        elif when == BEFORE_BOOT and booted:
+            ctx.note(ctx.err(s.line, key, f"{_TITLES.get(s.op, s.op)} must come before boot"))
+        elif when == AFTER_BOOT and not booted:
+            ctx.note(ctx.err(s.line, key, "needs a booted machine: add a boot step before it"))
+
+
+_TITLES = {"coldplug": "cold-plug"}
 
 
 def discover(paths):
@@ -566,18 +675,6 @@ def load_all(paths) -> list:
     if errors:
         raise ConfigError("\n".join(errors))
     return scenarios
-
-
-def plug_of(step) -> CpuPlug:
-    return CpuPlug(slot=step.args["slot"], props=dict(step.args.get("props") or {}))
-
-
-def plugs_of(step) -> list:
-    """The CPUs a (hot)plug step adds: one, or several back to back."""
-    if "plugs" in step.args:
-        return [CpuPlug(slot=p["slot"], props=dict(p.get("props") or {}))
-                for p in step.args["plugs"]]
-    return [plug_of(step)]
 
 
 __all__ = ["Scenario", "Step", "Expectation", "load", "discover", "ACCELS", "CHECKS",

@@ -120,15 +120,17 @@ def model_identity(target: Target):
     return _learned[ident.sha256]
 
 
-def resolve_accel(opts: Options, backend: str) -> str:
-    """The accelerator a run targets: what the user said, else what the QEMU build can
-    do on this host (KVM only where it runs SMM guests). The model targets the same."""
+def resolve_accel(opts: Options) -> str:
+    """The accelerator a run targets: what the user said; else, where QEMU runs, what
+    its build can do on this host (KVM only where it runs SMM guests). The model never
+    probes QEMU: alone it stands for TCG, beside QEMU (``--backend both``) it takes the
+    QEMU run's accelerator, so both stand for the same machine."""
     if opts.accel != "auto":
         return opts.accel
-    from .qemu import process
-    target = resolve_target(opts, need_qemu=backend != "model")
-    if target.qemu_binary is None:
+    if opts.backend == "model":
         return "tcg"
+    from .qemu import process
+    target = resolve_target(opts, need_qemu=True)
     return "kvm" if process.kvm_can_do_smm(target.qemu_binary) else "tcg"
 
 
@@ -154,7 +156,7 @@ def safe(name):
 
 def run_one(scn, backend_name, opts: Options, accel=None, suffix=""):
     """Run a scenario on one backend; the trace and logs go under the trace dir."""
-    accel = accel or resolve_accel(opts, backend_name)
+    accel = accel or resolve_accel(opts)
     target = resolve_target(opts, need_qemu=backend_name != "model")
     base = Path(opts.trace_dir) / f"{safe(scn.name)}-{backend_name}-{accel}{suffix}"
     backend = make_backend(backend_name, target, accel)
@@ -177,21 +179,30 @@ def run_backends(scn, opts: Options):
     or skip reason) as each finishes, then the PairResult."""
     backends = ["qemu", "model"] if opts.backend == "both" else [opts.backend]
     results = {}
+    accel = resolve_accel(opts)
     for b in backends:
-        accel = resolve_accel(opts, b)
         why = skip_reason(scn, b, accel, resolve_target(opts, need_qemu=b != "model"))
         if why:
             yield b, accel, why
             continue
         results[b] = run_one(scn, b, opts, accel)
         yield b, accel, results[b]
-    div = None
     if len(results) == 2:
-        from .compare import compare
-        comparison = compare(results["qemu"].trace_path, results["model"].trace_path)
+        comparison = compare_runs(results["qemu"], results["model"])
         yield PairResult(results, comparison.divergence, comparison)
         return
-    yield PairResult(results, div)
+    yield PairResult(results)
+
+
+def compare_runs(qemu_result, model_result):
+    """The model's trace against QEMU's for the same scenario and build: the first
+    divergence and what was compared, also kept as ``comparison.txt`` beside the
+    model's trace. The CLI and the pytest plugin both compare through here."""
+    from .compare import compare, format_comparison
+    comparison = compare(qemu_result.trace_path, model_result.trace_path)
+    (model_result.run_dir / "comparison.txt").write_text(
+        format_comparison(comparison) + "\n")
+    return comparison
 
 
 def skip_reason(scn, backend, accel, target=None):

@@ -30,8 +30,9 @@ class CpuState:
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """From a trace's record; a field it lacks (a hang's per-CPU table has no
+        microcode, an early one no SMBASE) is unknown, None."""
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})
 
 
 @dataclass

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ConfigError, HarnessError
+from . import hostio
 from .hostio import last_line, sha256_file
 
 _log = logging.getLogger(__name__)
@@ -110,15 +111,9 @@ def _run(argv, log_file: Path, cwd: Optional[Path] = None, env=None, timeout=360
     last lines when it fails."""
     _log.debug("run: %s (log %s)", " ".join(map(str, argv)), log_file)
     with open(log_file, "ab") as out:
-        try:
-            proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, stdout=out,
-                                  stderr=subprocess.STDOUT, timeout=timeout)
-        except FileNotFoundError:
-            raise HarnessError(f"{argv[0]} not found (install the build dependencies: "
-                               f"{' '.join(BUILD_DEPENDS)})") from None
-        except subprocess.TimeoutExpired:
-            raise HarnessError(f"{Path(str(argv[0])).name} did not finish within "
-                               f"{timeout:.0f} s (log: {log_file})") from None
+        proc = hostio.run_tool(argv, timeout, f" (install the build dependencies: "
+                               f"{' '.join(BUILD_DEPENDS)})", log=log_file, cwd=cwd,
+                               env=env, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = [l for l in log_file.read_text(errors="replace").splitlines() if l.strip()][-3:]
         raise HarnessError(f"{Path(str(argv[0])).name} failed (exit {proc.returncode}): "

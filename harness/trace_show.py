@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .report import cpu_table
+from .snapshot import Snapshot
 from .trace import read_trace
 
 
@@ -27,7 +28,7 @@ def show(path) -> str:
                    f"{s.get('duration', 0):>7.2f}  {args}  {res}")
         snap = s.get("snapshot") or ((err or {}).get("diagnosis") or {}).get("snapshot")
         if snap:
-            out.append(cpu_table(snap))
+            out.append(cpu_table(Snapshot.from_dict(snap)))
     if end:
         out.append("")
         out.append(f"outcome: {end['outcome'].get('outcome')} - "

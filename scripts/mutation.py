@@ -36,6 +36,7 @@ TARGETS = {
     "harness/compare.py": (["tests/test_compare_coverage.py", "tests/test_compare.py"],
                            None),
     "harness/scenario.py": (["tests/test_scenario_values.py", "tests/test_scenario_loader.py",
+                             "tests/test_step_table.py",
                              "tests/test_known_bugs.py"],
                             None),
 }

@@ -547,6 +547,7 @@ def test_cli_fetch_names(capsys):
 # ---------------------------------------------------------------- a real fetch
 
 
+@pytest.mark.net
 @pytest.mark.skipif(not shutil.which("apt-get"), reason="needs apt-get (a Debian host)")
 def test_fetch_ovmf_2025_02(cache, monkeypatch):
     """The real thing, on a small build: private apt, download, unpack, record; then

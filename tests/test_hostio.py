@@ -20,3 +20,15 @@ def test_last_line_skips_notices():
 def test_lock_creates_its_file(tmp_path):
     with hostio.exclusive_lock(tmp_path / "a" / ".lock"):
         assert (tmp_path / "a" / ".lock").exists()
+
+
+def test_a_tool_that_cannot_run_is_one_line(tmp_path):
+    import pytest
+    from harness.errors import HarnessError
+    with pytest.raises(HarnessError) as e:
+        hostio.run_tool(["no-such-tool-here", "x"], 5, ": install it")
+    assert str(e.value) == "no-such-tool-here not found: install it"
+    with pytest.raises(HarnessError) as e:
+        hostio.run_tool(["/bin/sleep", "5"], 0.2, "", log=tmp_path / "log")
+    assert str(e.value) == f"sleep did not finish within 0 s (log: {tmp_path / 'log'})"
+    assert hostio.run_tool(["true"], 5, "").returncode == 0

@@ -1,10 +1,13 @@
 """judge(): an outcome against a scenario's expectation. A known bug is met only with
 its signature; the bug going away (pass) is not met."""
+from harness.checks import CheckResult
+from harness.outcome import Outcome
 from harness.runner import judge
 from harness.scenario import Expectation
 
-LOST = {"outcome": "fail", "step": 7, "op": "unplug", "failed_checks": ["cpu_removed"],
-        "message": "cpu_removed: SCI (GSI 9, vector 34) ... Remote IRR stays set ..."}
+LOST = Outcome("fail", step=7, op="unplug",
+               checks=[CheckResult("cpu_removed", False, "slot 3 empty", "CPU still in slot 3")],
+               message="cpu_removed: SCI (GSI 9, vector 34) ... Remote IRR stays set ...")
 
 
 def test_expected_fail_with_its_message_is_met():
@@ -27,14 +30,14 @@ def test_expected_fail_of_another_check_or_step_is_not_met():
 
 
 def test_bug_gone_turns_red_and_says_so():
-    met, why = judge(Expectation("fail", step=7, check="cpu_removed"), {"outcome": "pass"})
+    met, why = judge(Expectation("fail", step=7, check="cpu_removed"), Outcome("pass"))
     assert not met
     assert "expected fail, got pass" in why and "update the scenario's expectation" in why
 
 
 def test_hang_signature_is_compared():
-    out = {"outcome": "hang", "step": 2, "op": "hotplug",
-           "signature": {"in_smm": [0, 1], "halted": [2], "evidence": "stall"}}
+    out = Outcome("hang", step=2, op="hotplug",
+                  signature={"in_smm": [0, 1], "halted": [2], "evidence": "stall"})
     assert judge(Expectation("hang", step=2, in_smm=[1, 0], halted=[2]), out)[0]
     met, why = judge(Expectation("hang", step=2, in_smm=[0], halted=[2]), out)
     assert not met and "in_smm expected [0], observed [0, 1]" in why
@@ -45,8 +48,8 @@ HEAP = Expectation("crash", step=6, message=r"^$|corrupt|free\(\)|double free|ma
 
 
 def crash(signal, message, source="qemu", status=None):
-    return {"outcome": "crash", "step": 6, "op": "reset", "signal": signal,
-            "message": message, "status": status, "message_source": source}
+    return Outcome("crash", step=6, op="reset", signal=signal, message=message,
+                   status=status, message_source=source)
 
 
 def test_a_qemu_killed_from_outside_is_never_the_expected_crash():
@@ -81,10 +84,10 @@ def test_a_message_that_is_a_model_rule_is_not_taken_for_qemus_words():
 
 def test_a_hang_needs_evidence_and_the_expected_kind_of_it():
     sig = {"in_smm": [], "halted": [1], "spinning": [0], "smbase_default": [0, 1]}
-    out = {"outcome": "hang", "step": 1, "op": "boot", "signature": sig}
+    out = Outcome("hang", step=1, op="boot", signature=sig)
     met, why = judge(Expectation("hang", step=1), out)
     assert not met and "without evidence" in why
-    out["signature"] = {**sig, "evidence": "stall"}
+    out.signature = {**sig, "evidence": "stall"}
     assert judge(Expectation("hang", step=1, spinning=[0], smbase_default=[0, 1]), out)[0]
     met, why = judge(Expectation("hang", step=1, evidence="reset-loop"), out)
     assert not met and "expected reset-loop, observed stall" in why
@@ -95,9 +98,9 @@ def test_a_hang_needs_evidence_and_the_expected_kind_of_it():
 
 
 def test_a_reset_loop_has_no_cpu_state_to_match():
-    out = {"outcome": "hang", "step": 1, "op": "boot",
-           "signature": {"evidence": "reset-loop", "in_smm": None, "halted": None,
-                         "spinning": None, "smbase_default": [0, 1]}}
+    out = Outcome("hang", step=1, op="boot",
+                  signature={"evidence": "reset-loop", "in_smm": None, "halted": None,
+                             "spinning": None, "smbase_default": [0, 1]})
     assert judge(Expectation("hang", step=1, evidence="reset-loop",
                              smbase_default=[0, 1]), out)[0]
     met, why = judge(Expectation("hang", step=1, halted=[1]), out)
@@ -105,10 +108,10 @@ def test_a_reset_loop_has_no_cpu_state_to_match():
 
 
 def test_an_unexpected_outcome_shows_its_own_message():
-    hang = {"outcome": "hang", "step": 1, "op": "boot", "message": "no progress over 6"}
+    hang = Outcome("hang", step=1, op="boot", message="no progress over 6")
     met, why = judge(Expectation("pass"), hang)
     assert not met and why == "expected pass, got hang at step 1 (boot): no progress over 6"
     met, why = judge(Expectation("fail", check="cpus_present"), hang)
     assert why == "expected fail, got hang at step 1 (boot): no progress over 6"
-    met, why = judge(Expectation("pass"), {"outcome": "error", "step": 2, "op": "x"})
+    met, why = judge(Expectation("pass"), Outcome("error", step=2, op="x"))
     assert why == "expected pass, got error at step 2 (x)"

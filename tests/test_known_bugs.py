@@ -5,7 +5,9 @@ import pytest
 
 from harness import known_bugs as kb
 from harness import scenario
+from harness.checks import CheckResult
 from harness.model.qemu_defects import NONE, for_build
+from harness.outcome import Outcome
 from harness.runner import judge
 
 SCN = Path(__file__).resolve().parents[1] / "scenarios"
@@ -34,14 +36,15 @@ def test_lost_sci_expected_only_where_qemu_has_it():
 
 def test_verdicts_name_the_bug_and_the_build():
     scn = scenario.load(SCN / "unplug-ascending-lost-sci.yaml")
-    lost = {"outcome": "fail", "step": 7, "op": "unplug", "failed_checks": ["cpu_removed"],
-            "message": "SCI ... Remote IRR stays set, no further ACPI event"}
+    lost = Outcome("fail", step=7, op="unplug",
+                   checks=[CheckResult("cpu_removed", False, "slot 3 empty", "CPU in slot 3")],
+                   message="SCI ... Remote IRR stays set, no further ACPI event")
     met, why = judge(scn.expectation("tcg", "7.2.22"), lost, "7.2.22")
     assert met and why.startswith("known bug apic-logical-delivery-hole reproduced on "
                                   "QEMU 7.2.22")
-    met, why = judge(scn.expectation("tcg", "7.2.22"), {"outcome": "pass"}, "7.2.22")
+    met, why = judge(scn.expectation("tcg", "7.2.22"), Outcome("pass"), "7.2.22")
     assert not met and "expected on QEMU 7.2.22" in why and "not reproduced" in why
-    met, why = judge(scn.expectation("tcg", "11.1.3"), {"outcome": "pass"}, "11.1.3")
+    met, why = judge(scn.expectation("tcg", "11.1.3"), Outcome("pass"), "11.1.3")
     assert met and why.startswith("known bug apic-logical-delivery-hole not present on "
                                   "QEMU 11.1.3")
     met, why = judge(scn.expectation("tcg", "11.1.3"), lost, "11.1.3")

@@ -2,6 +2,7 @@
 import re
 
 from harness.report import cpu_table
+from harness.snapshot import Snapshot
 
 TSEG = {"base": 0x1F000000, "size": 16 << 20, "locked": True}
 
@@ -15,7 +16,7 @@ def test_the_table_says_whose_smram_is_inside_tseg():
         # the top tile may not run past TSEG's end
         {"index": 2, "apic_id": 2, "smbase": 0x1FFF9000, "in_smm": False, "halted": True},
     ]}
-    rows = cpu_table(snap).splitlines()
+    rows = cpu_table(Snapshot.from_dict(snap)).splitlines()
     assert rows[0].split() == ["cpu", "apic", "smbase", "smram", "in_smm", "halted",
                                "online", "smis", "ucode"]
     assert re.search(r"0x1eff9000 +in TSEG ", rows[1])
@@ -26,4 +27,4 @@ def test_the_table_says_whose_smram_is_inside_tseg():
 
 def test_without_tseg_there_is_no_smram_column():
     snap = {"cpus": [{"index": 0, "apic_id": 0, "smbase": 0x30000}]}
-    assert "smram" not in cpu_table(snap)
+    assert "smram" not in cpu_table(Snapshot.from_dict(snap))

@@ -97,3 +97,28 @@ def test_machine_rules_are_one_list():
     off = MachineConfig(smi_features={"cpu_hotplug": False, "cpu_hotunplug": True})
     assert [k for k, _ in off.problems()] == ["smi_features"]
     assert MachineConfig(cpus=2, maxcpus=4).validate().cpus == 2
+
+
+def test_every_problem_of_a_file_is_reported_with_its_line(tmp_path):
+    f = tmp_path / "three.yaml"
+    f.write_text("""\
+purpose: three mistakes, each in its own part of the file
+machine:
+  cpus: two
+steps:
+  - boot
+  - explode: now
+expect:
+  tcg: explodes
+""")
+    with pytest.raises(ScenarioError) as e:
+        scenario.load(f)
+    assert str(e.value).splitlines() == [
+        f"{f}:3: machine.cpus: expected an integer, got 'two'",
+        f"{f}:6: steps[2]: unknown step 'explode' (known: boot, coldplug, hotplug, "
+        "unplug, online, offline, smi, guest, snapshot, wait, reset, check)",
+        f"{f}:8: expect.tcg: unknown outcome 'explodes' (known: pass, refused, hang, "
+        "fail, crash)",
+    ]
+    assert [p.line for p in e.value.problems] == [3, 6, 8]
+    assert (e.value.line, e.value.key) == (3, "machine.cpus")

@@ -6,6 +6,7 @@ from harness import scenario
 from harness.errors import ConfigError, ScenarioError
 from harness.machine import CpuPlug
 from harness.scenario import Expectation
+from harness.steps import plug_of
 
 
 def load(tmp_path, text, name="s.yaml"):
@@ -159,7 +160,7 @@ def test_not_utf8_and_plug_of_and_load_all(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(steps("hotplug: {slot: 2, props: {ucode-rev: 7}}"))
     [s] = scenario.load_all([good])
-    assert scenario.plug_of(s.steps[1]) == CpuPlug(slot=2, props={"ucode-rev": 7})
+    assert plug_of(s.steps[1].args) == CpuPlug(slot=2, props={"ucode-rev": 7})
     assert scenario.discover([tmp_path]) == [f, good]
     with pytest.raises(ConfigError) as e:
         scenario.load_all([good, f])

@@ -338,6 +338,8 @@ class _Formatter(argparse.HelpFormatter):
 
     def __init__(self, prog, *a, **kw):
         if kw.get("width") is None and not sys.stdout.isatty():
+            # the terminal's own variable, as argparse reads it; not through
+            # harness.settings: this toolkit imports nothing outside harness/microcode/
             kw["width"] = int(os.environ.get("COLUMNS", "0") or 0) or 80
         super().__init__(prog, *a, **kw)
 

@@ -4,7 +4,7 @@ guest kernel with its one command line.
 
 Why a module: what QEMU is asked to emulate is the harness's main input to the real
 backend, so it is a pure function of a :class:`MachineConfig`, the firmware images and
-the run's paths, testable without QEMU (tests/test_cmdline.py). Starting and talking to
+the run's paths, testable without QEMU (tests/qemu/test_cmdline.py). Starting and talking to
 the process is :mod:`harness.qemu.vm`'s job.
 """
 from __future__ import annotations

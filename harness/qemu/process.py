@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import weakref
 
 from .. import settings
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 _live = weakref.WeakSet()
@@ -49,6 +52,7 @@ def spawn(argv, stdout, stderr):
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                             preexec_fn=_set_pdeathsig, close_fds=True, env=env)
     _live.add(proc)
+    log.info("QEMU started (pid %d): %s", proc.pid, " ".join(map(str, argv)))
     return proc
 
 
@@ -62,6 +66,7 @@ def kill(proc, grace=3.0):
             proc.kill()
             proc.wait(5)
     _live.discard(proc)
+    log.debug("QEMU pid %d ended, status %s", proc.pid, proc.returncode)
     return proc.returncode
 
 

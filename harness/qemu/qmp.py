@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from qemu.qmp import ExecuteError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from ..errors import QemuError
+
+log = logging.getLogger(__name__)
 
 
 class QmpCommandError(QemuError):
@@ -71,6 +74,7 @@ class QmpSession:
         if self._qmp is None:
             raise QemuError(f"QMP {command}: not connected")
         self._log("cmd", {"execute": command, "arguments": args})
+        log.debug("QMP %s %s", command, args or "")
         self._qmp.settimeout(timeout or self.timeout)
         try:
             ret = self._qmp.cmd(command, **args)

@@ -50,7 +50,7 @@ def test_tcg_runtime_hot_add_hangs_like_real_qemu():
     # the new CPU halts in OVMF's pen at SMBASE 0x30000
     assert h.signature() == {"in_smm": [0, 1], "halted": [2], "spinning": [0, 1],
                              "smbase_default": [2], "evidence": "stall"}
-    cpus = {c["index"]: c for c in h.diagnosis["cpus"]}
+    cpus = {c["index"]: c for c in h.diagnosis.cpus}
     assert cpus[0]["in_smm"] and not cpus[0]["halted"]          # BSP spins in SMM
     new = cpus[2]
     assert not new["in_smm"] and new["halted"] and new["smbase"] == hw.DEFAULT_SMBASE
@@ -150,7 +150,7 @@ def test_negotiation_failure_hangs_boot():
     with pytest.raises(Hang) as ei:
         make("kvm", cpus=1, maxcpus=2,
              smi_features={"broadcast": False, "cpu_hotplug": True, "cpu_hotunplug": False})
-    assert "negotiat" in ei.value.diagnosis["firmware_fatal"]
+    assert "negotiat" in ei.value.diagnosis.details["firmware_fatal"]
 
 
 def test_no_host_features_unicast_and_hotplug_without_relocation():

@@ -64,7 +64,7 @@ def test_unplug_below_the_sci_cpu_loses_every_later_acpi_event():
     b.unplug(1)                       # SCI on CPU 1: delivered; then it moves to CPU 2
     with pytest.raises(NotRemoved) as e:
         b.unplug(2)                   # APIC id 1 is a hole below CPU 2's APIC id
-    why = e.value.diagnosis["why"]
+    why = e.value.diagnosis.why
     assert known_bugs.LOST_SCI_SYMPTOM in why and "APIC id 1 is gone" in why and "(cpu 2)" in why
     assert b.m.gpe_sts                               # the GPE stays pending
     # and for good: a hot-add is never seen by the guest either
@@ -95,5 +95,5 @@ def test_smallest_tseg_from_the_firmware_profile(mbytes, boots):
     # machine over and over, no CPU ever relocated
     assert e.value.signature() == {"in_smm": None, "halted": None, "spinning": None,
                                    "smbase_default": [0, 1], "evidence": "reset-loop"}
-    assert e.value.diagnosis["evidence"]["source"].startswith("observation: OVMF 2022.11")
-    assert "cannot hold the SMM core" in e.value.diagnosis["firmware_fatal"]
+    assert e.value.diagnosis.evidence["source"].startswith("observation: OVMF 2022.11")
+    assert "cannot hold the SMM core" in e.value.diagnosis.details["firmware_fatal"]

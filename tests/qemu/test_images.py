@@ -162,7 +162,7 @@ def test_cli_register(capsys, image):
 
 
 def _test_agent_module():
-    """tests/test_agent.py (its VM helper), whatever pytest's import mode."""
+    """tests/qemu/test_agent.py (its VM helper), whatever pytest's import mode."""
     import importlib.util
     import sys
     for mod in list(sys.modules.values()):

@@ -12,7 +12,7 @@ import pytest
 from harness.qemu.hmp_diag import info_registers, parse_info_registers, summary
 from harness.qemu.process import spawn
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 QEMU = shutil.which("qemu-system-x86_64")
 OVMF_SMM_CODE = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"

@@ -8,7 +8,7 @@ import pytest
 from harness.qemu.migstream import parse_stream, strip_ram
 from harness.qemu.snapshot_decode import decode_snapshot
 
-STREAMS = Path(__file__).parent / "data" / "streams"
+STREAMS = Path(__file__).resolve().parents[1] / "data" / "streams"
 # SMBASE of CPUs 0 and 1, as the harness measured them on each build (README, builds.md):
 # OVMF 2022.11 relocates in DXE near the top of TSEG, 2025.02 and 2026.08 in PEI at
 # TSEG base - 0x7000 + i * 0x2000

@@ -22,7 +22,7 @@ from harness.runner import run_scenario
 
 pytestmark = pytest.mark.vm
 
-SCENARIOS = Path(__file__).parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 RUN, STOP = 0.2, 0.4          # seconds QEMU runs, then is stopped, in each cycle
 
 
@@ -90,10 +90,10 @@ def test_a_slow_healthy_boot_is_never_the_expected_hang(tmp_path):
     healthy = replace(scn, machine=replace(scn.machine, tseg_mbytes=8))
     r = run(healthy, tmp_path)
     assert r.expectation.outcome == "hang"        # the expectation is the bug's
-    assert r.outcome["outcome"] != "hang", r.reason
+    assert r.outcome.kind != "hang", r.reason
     assert not r.met
-    assert r.outcome["outcome"] in ("pass", "error")
-    if r.outcome["outcome"] == "error":
+    assert r.outcome.kind in ("pass", "error")
+    if r.outcome.kind == "error":
         assert "still progressing" in r.reason
 
 
@@ -104,9 +104,9 @@ def test_the_boot_hangs_are_proven_on_a_slow_host(tmp_path, name, evidence):
     r = run(scn, tmp_path)
     assert r.expectation.bug, "these hangs are known bugs of the system's builds"
     assert r.met, r.reason
-    assert r.outcome["signature"]["evidence"] == evidence
-    assert "no progress" in r.outcome["message"] or "reset the machine" in \
-        r.outcome["message"]
+    assert r.outcome.signature["evidence"] == evidence
+    assert "no progress" in r.outcome.message or "reset the machine" in \
+        r.outcome.message
 
 
 def test_a_qemu_killed_from_outside_is_not_the_expected_crash(tmp_path):
@@ -120,6 +120,6 @@ def test_a_qemu_killed_from_outside_is_not_the_expected_crash(tmp_path):
         os.kill(backend.vm.proc.pid, signal.SIGKILL)
 
     r = run(scn, tmp_path, throttle=False, during=kill_after_boot)
-    assert r.outcome["outcome"] == "crash"
-    assert r.outcome["signal"] == "SIGKILL"
+    assert r.outcome.kind == "crash"
+    assert r.outcome.signal == "SIGKILL"
     assert not r.met, r.reason

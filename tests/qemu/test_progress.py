@@ -11,7 +11,7 @@ from harness.qemu.progress import (RESET_LOOP, SPIN_SPAN, STALL_CPU_SECONDS, con
                                    STALL_IDLE_SECONDS, STALL_SAMPLES, CpuPlace,
                                    ProgressMonitor, Sample)
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def recorded(name, wall=1.0, work=1.0, resets=None):

@@ -18,7 +18,7 @@ from harness.errors import BackendError, Hang
 from harness.qemu.agent import GuestAgent
 from harness.qemu.process import spawn
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "images" / "agent.sh"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -157,7 +157,7 @@ def test_wait_ready_timeout_and_eof():
             agent.wait_ready(0.5)
         assert time.monotonic() - t0 < 3
         assert str(info.value) == "hang: guest agent did not start within 0.5s"
-        assert "booting..." in info.value.diagnosis["console_tail"]
+        assert "booting..." in info.value.diagnosis.console_tail
     finally:
         child.close(force=True)
     child = pexpect.spawn("sh", ["-c", "echo bye"], timeout=5)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from harness.qemu.irq_diag import logical_targets, lost_sci, parse_ioapic, parse_lapic
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 PIC = (DATA / "info_pic_lost_sci.txt").read_text()
 LAPIC0 = (DATA / "info_lapic_apic0_after_unplug.txt").read_text()
 LAPIC2 = (DATA / "info_lapic_apic2_after_unplug.txt").read_text()
