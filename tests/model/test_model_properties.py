@@ -68,10 +68,14 @@ def check_invariants(b, sem):
                 assert tseg.base <= c.smbase + hw.SMI_ENTRY_OFFSET < tseg.base + tseg.size
 
 
-def unplug_may_be_lost(b):
+def unplug_may_be_lost(b, inserting_before):
     """A lost unplug is allowed only where the model stands for a QEMU with the APIC
-    delivery hole (QEMU before 9.0 under TCG): the SCI can go to an unplugged APIC id."""
-    return b.defects.logical_delivery_stops_at_apic_hole
+    delivery hole (QEMU before 9.0 under TCG: the SCI can go to an unplugged APIC id), or
+    where the CPU still had an insert event pending (a hot-add whose SMI upcall hung,
+    then a system_reset, which keeps the hot-plug block's events): QEMU's CSCN method
+    handles one event per CPU and pass, the insert first (hw/acpi/cpu.c, build_cpus_aml:
+    If (ins_evt) ... Else If (rm_evt)), so the remove waits for an SCI that never comes."""
+    return b.defects.logical_delivery_stops_at_apic_hole or inserting_before
 
 
 def run_ops(b, sem, ops):
@@ -80,6 +84,8 @@ def run_ops(b, sem, ops):
     for op, arg in ops:
         was_stuck = b.m.stuck is not None
         present_before = set(b.m.by_slot)
+        hp = b.m.cpuhp
+        inserting_before = 0 <= arg < hp.n and hp.is_inserting[arg]
         try:
             if op == "hotplug":
                 b.hotplug(CpuPlug(arg))
@@ -102,7 +108,7 @@ def run_ops(b, sem, ops):
             assert b.m.dead is not None and op in ("unplug", "reset", "hotplug")
             return
         except NotRemoved as e:
-            assert op == "unplug" and unplug_may_be_lost(b), (
+            assert op == "unplug" and unplug_may_be_lost(b, inserting_before), (
                 f"unplug of slot {arg} lost under {sem} ({b.defects.name}): {e}")
         except Refused as e:
             if op == "unplug":
@@ -200,3 +206,20 @@ def test_the_property_test_sees_a_lost_unplug(monkeypatch):
     b = make("kvm", cpus=2, maxcpus=3)
     with pytest.raises(AssertionError, match="unplug of slot 1 lost under kvm"):
         run_ops(b, "kvm", ops)
+
+
+def test_a_stale_insert_event_holds_back_the_unplug_after_a_reset():
+    """Found by the property test above (TCG, no defects, 1 of 2 CPUs): the hot-add
+    hangs in the SMI upcall before the guest clears the insert event; after a
+    system_reset the device_del's SCI makes CSCN handle slot 1's insert event (ins_evt
+    comes first), and the remove event stays pending: the unplug is not completed.
+    A model prediction: no real run has checked it yet."""
+    b = make("tcg", coldplug=[], defects="none", memory_mib=512, cpus=1, maxcpus=2)
+    with pytest.raises(Hang):
+        b.hotplug(CpuPlug(1))
+    b.reset()
+    assert b.m.cpuhp.is_inserting[1]
+    with pytest.raises(NotRemoved):
+        b.unplug(1)
+    assert b.m.cpuhp.is_removing[1] and not b.m.cpuhp.is_inserting[1]
+    assert (1, 3) not in b.m.guest.notifications     # no eject request reached Linux
