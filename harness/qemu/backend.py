@@ -273,8 +273,8 @@ class QemuBackend(Backend):
             if not self.vm.alive():          # a dead QEMU is a crash (its words)
                 self.vm.raise_if_crashed()
             monitor.smi_read_every = SMI_READ_EVERY
-        raise StillProgressing(f"{what} within {timeout + EVIDENCE_WAIT:.0f} s",
-                               monitor.progress_text())
+        raise StillProgressing(f"{what} within {timeout:.0f} s and {EVIDENCE_WAIT:.0f} s "
+                               f"more of watching", monitor.progress_text())
 
     def guest_cpus(self):
         rc, out = self._agent_run(CPU_LIST_CMD)
