@@ -36,6 +36,9 @@ class QemuVM:
         self.run_dir = Path(run_dir)
         self.accel = accel
         self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
+        # a boot cache entry (harness.qemu.bootcache) to start from: its VARS file
+        # instead of the template, and -incoming defer (the backend loads its stream)
+        self.incoming = None
         self.proc = None
         self.qmp = None
         self.console = None
@@ -56,8 +59,9 @@ class QemuVM:
                 "qmp_log": d / "qmp.log", "debugcon": d / "firmware-debug.log"}
 
     def command_line(self):
-        return qemu_args(self.binary, self.machine, self.firmware, self.accel, self.paths(),
+        args = qemu_args(self.binary, self.machine, self.firmware, self.accel, self.paths(),
                          self.kernel, self.initrd, self.cmdline)
+        return args + (["-incoming", "defer"] if self.incoming is not None else [])
 
     # --- lifecycle -----------------------------------------------------------------
     def alive(self):
@@ -68,7 +72,8 @@ class QemuVM:
         QEMU's own stderr when it refuses to start."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         p = self.paths()
-        shutil.copyfile(self.firmware.vars_template, p["vars"])
+        shutil.copyfile(self.incoming.vars if self.incoming is not None
+                        else self.firmware.vars_template, p["vars"])
         (self.run_dir / "qemu-cmdline.txt").write_text(
             " ".join(self.command_line()) + "\n")
         deadline = time.monotonic() + timeout
