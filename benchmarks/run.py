@@ -1,7 +1,8 @@
 """Benchmarks, printed as one JSON object. Speed is measured here, not in timed tests.
 
     .venv/bin/python benchmarks/run.py [--runs 3]
-        [--only boot,boot_phases,scenarios,model,microcode,microcode_vs_iucode]
+        [--only boot,boot_phases,boot_cache,scenarios,scenarios_boot_cache,model,
+                microcode,microcode_vs_iucode]
 
 - boot: median boot-to-shell (cont -> guest agent answers) and snapshot (stop, migrate,
   parse, cont, plus the guest's CPU view) over --runs VMs (512 MiB, 2 of 4 CPUs, TCG),
@@ -9,6 +10,12 @@
   multi-threaded TCG. Targets: boot <= 8 s, snapshot <= 1.5 s.
 - boot_phases: where that boot time goes (benchmarks/boot_phases.py: SEC/PEI, SMM,
   DXE/BDS + the kernel's EFI stub and decompressor, Linux), by sampling CPU 0.
+- boot_cache: a scenario's start and boot (start() + boot(): QEMU launched, guest agent
+  answering) fresh against resumed from the booted-machine cache
+  (harness/qemu/bootcache.py), median of --runs each on the default machine, in a cache
+  directory of its own; and what saving the entry costs once.
+- scenarios_boot_cache: `pytest scenarios/ -n 2` with --boot-cache off, then on with an
+  empty cache (the first run fills it), then on again (warm); the ratios to off.
 - scenarios: wall time of `pytest scenarios/ -n 2` (target <= 180 s), and the harness's
   own overhead: the scenario set run in this process, its CPU time (time.process_time:
   parsing, checks, traces; QEMU and the guest are other processes) over its wall time
@@ -73,6 +80,83 @@ def bench_boot(runs):
             "hot_unplug_s": med(unplugs), "boot_all_s": [round(x, 2) for x in boots]}
 
 
+def bench_boot_cache(runs):
+    from harness.machine import MachineConfig
+    from harness.qemu import bootcache
+    from harness.qemu.backend import QemuBackend
+    import os
+    root = Path(tempfile.mkdtemp(prefix="bench-bootcache-"))
+    os.environ["SMM_HARNESS_BOOT_CACHE_DIR"] = str(root)
+    machine = MachineConfig(cpus=2, maxcpus=4)
+    fresh, resumed, loads, save = [], [], [], None
+
+    def once(policy, out):
+        b = QemuBackend()
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                t = time.monotonic()
+                b.start(machine, Path(d), paused=True, boot=policy)
+                res = b.boot()
+                out.append(time.monotonic() - t)
+                return b, res
+            finally:
+                b.close()
+
+    try:
+        _, res = once("resume-ok", [])               # fills the cache (not timed here)
+        entry = bootcache.BootCache().entries()[0]
+        save = entry.meta().get("save_seconds")
+        size = entry.stream.stat().st_size
+        for _ in range(runs):
+            once("fresh", fresh)
+            _, res = once("resume-ok", resumed)
+            loads.append(res.get("load_seconds"))
+    finally:
+        import shutil
+        os.environ.pop("SMM_HARNESS_BOOT_CACHE_DIR", None)
+        shutil.rmtree(root, ignore_errors=True)
+    med = lambda xs: round(statistics.median(xs), 2)  # noqa: E731
+    return {"runs": runs, "fresh_start_boot_s": med(fresh),
+            "resumed_start_boot_s": med(resumed), "resumed_load_s": med(loads),
+            "ratio_resumed_to_fresh": round(med(resumed) / med(fresh), 3),
+            "save_once_s": save, "stream_mb": round(size / 1e6, 1),
+            "fresh_all_s": [round(x, 2) for x in fresh],
+            "resumed_all_s": [round(x, 2) for x in resumed]}
+
+
+def _pytest_scenarios(*extra):
+    t = time.monotonic()
+    r = subprocess.run([str(ROOT / ".venv/bin/pytest"), "scenarios/", "-n", "2", "-q",
+                        "-p", "no:cacheprovider", "--trace-dir",
+                        tempfile.mkdtemp(prefix="bench-"), *extra], cwd=ROOT,
+                       capture_output=True, text=True)
+    wall = time.monotonic() - t
+    lines = r.stdout.strip().splitlines()
+    cache_line = next((x for x in lines if x.startswith("boot cache:")), "")
+    return round(wall, 1), (lines[-1] if lines else r.stderr[-200:]), cache_line
+
+
+def bench_scenarios_boot_cache():
+    """The scenario set with the boot cache off, cold and warm, in a cache directory of
+    its own (SMM_HARNESS_BOOT_CACHE_DIR, which pytest and its workers inherit)."""
+    import os
+    import shutil
+    root = Path(tempfile.mkdtemp(prefix="bench-bootcache-set-"))
+    out = {}
+    try:
+        os.environ["SMM_HARNESS_BOOT_CACHE_DIR"] = str(root)
+        for name, extra in (("off", ("--boot-cache", "off")), ("cold", ("--boot-cache", "on")),
+                            ("warm", ("--boot-cache", "on"))):
+            wall, summary, cache = _pytest_scenarios(*extra)
+            out[name] = {"wall_s": wall, "summary": summary, "boot_cache": cache}
+    finally:
+        os.environ.pop("SMM_HARNESS_BOOT_CACHE_DIR", None)
+        shutil.rmtree(root, ignore_errors=True)
+    for name in ("cold", "warm"):
+        out[f"ratio_{name}_to_off"] = round(out[name]["wall_s"] / out["off"]["wall_s"], 3)
+    return out
+
+
 def bench_scenarios():
     from harness import scenario
     from harness.session import Options, run_one
@@ -127,6 +211,8 @@ def bench_microcode_vs_iucode():
 
 
 SECTIONS = {"boot": bench_boot, "boot_phases": bench_boot_phases,
+            "boot_cache": bench_boot_cache,
+            "scenarios_boot_cache": bench_scenarios_boot_cache,
             "scenarios": bench_scenarios, "model": bench_model, "microcode": bench_microcode,
             "microcode_vs_iucode": bench_microcode_vs_iucode}
 
@@ -139,7 +225,7 @@ def main():
     out = {}
     for name in a.only.split(","):
         fn = SECTIONS[name]
-        out[name] = fn(a.runs) if name in ("boot", "boot_phases") else fn()
+        out[name] = fn(a.runs) if name in ("boot", "boot_phases", "boot_cache") else fn()
     print(json.dumps(out, indent=2))
 
 

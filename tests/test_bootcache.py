@@ -215,7 +215,7 @@ def test_scenario_set_resumes_only_where_boot_is_no_verdict():
 @pytest.fixture
 def cache_root(tmp_path, monkeypatch):
     root = tmp_path / "cache-boot"
-    monkeypatch.setattr(bootcache, "default_root", lambda: root)
+    monkeypatch.setenv("SMM_HARNESS_BOOT_CACHE_DIR", str(root))
     monkeypatch.delenv("SMM_HARNESS_BOOT_CACHE", raising=False)
     return root
 

@@ -23,7 +23,7 @@ TSEG, SMI features, CPU properties, TCG threading, extra arguments) is another k
 in the key: QEMU's ROM and module directories (-L), which only change with the binary
 that a version string names.
 
-Layout: ``$SMM_HARNESS_CACHE/boot/<key>/`` holds ``stream.mig``, ``OVMF_VARS.fd``,
+Layout: ``$SMM_HARNESS_BOOT_CACHE_DIR/<key>/`` (default ``$SMM_HARNESS_CACHE/boot``) holds ``stream.mig``, ``OVMF_VARS.fd``,
 ``meta.json`` (the key's inputs, the agent's banner, when and how fast it booted) and
 the boot's ``console.log`` and ``firmware-debug.log`` (copied into a resumed run's
 directory as ``cached-boot-*.log``, so its run directory still shows how the machine
@@ -53,7 +53,6 @@ from .cmdline import qemu_args
 _log = logging.getLogger(__name__)
 
 FORMAT = 1                 # bump when what an entry holds or means changes
-SUBDIR = "boot"
 STREAM, VARS, META = "stream.mig", "OVMF_VARS.fd", "meta.json"
 LOGS = {"console.log": "console_log", "firmware-debug.log": "debugcon"}
 MIGRATE_TIMEOUT = 120.0    # writing or loading one stream (a 3 GiB guest: ~300 MB)
@@ -151,11 +150,11 @@ class Entry:
 
 
 def default_root() -> Path:
-    return settings.cache_dir() / SUBDIR
+    return settings.boot_cache_dir()
 
 
 class BootCache:
-    """Entries under ``root`` (default ``$SMM_HARNESS_CACHE/boot``)."""
+    """Entries under ``root`` (default: settings.boot_cache_dir())."""
 
     def __init__(self, root=None):
         self.root = Path(root) if root else default_root()
