@@ -56,9 +56,18 @@ FORMAT = 1                 # bump when what an entry holds or means changes
 STREAM, VARS, META = "stream.mig", "OVMF_VARS.fd", "meta.json"
 LOGS = {"console.log": "console_log", "firmware-debug.log": "debugcon"}
 MIGRATE_TIMEOUT = 120.0    # writing or loading one stream (a 3 GiB guest: ~300 MB)
-# The run's own paths in QEMU's argument list: placeholders in the key
-PLACEHOLDER_PATHS = {"vars": "@VARS", "console": "@CONSOLE", "qmp": "@QMP",
-                     "debugcon": "@DEBUGCON"}
+
+
+class _Placeholders(dict):
+    """The run's own paths in QEMU's argument list, as placeholders in the key: any
+    path qemu_args asks for (VARS copy, sockets, logs, and whatever per-run file a later
+    argument adds) is ``@NAME``, so no run directory ever makes a key of its own."""
+
+    def __missing__(self, name):
+        return f"@{name.upper()}"
+
+
+PLACEHOLDER_PATHS = _Placeholders()
 
 _digests: dict = {}
 
