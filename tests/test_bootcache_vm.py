@@ -95,3 +95,36 @@ def test_resumed_hotadd_matches_fresh_and_model(tmp_path, cache_root):
     cm = compare(resumed.trace_path, model.trace_path)
     assert cm.divergence is None, format_comparison(cm)
     assert "resumed a machine booted earlier" in format_comparison(cm)
+
+
+def test_entry_that_does_not_load_is_removed_and_the_boot_is_fresh(tmp_path, cache_root):
+    """A stream QEMU refuses (here: not a migration stream at all) costs nothing but
+    the attempt: the entry is removed, QEMU is started again without -incoming, and the
+    trace says why the boot is fresh. No boot needed to see it."""
+    import shutil
+    from harness.machine import MachineConfig
+    from harness.qemu.backend import QemuBackend
+    machine = MachineConfig(cpus=2, maxcpus=4)
+    b = QemuBackend()
+    try:
+        b.start(machine, tmp_path / "a", paused=True, boot="resume-ok")
+        key = b._cache_key
+        vars_file = b.vm.firmware.vars_template
+    finally:
+        b.close()
+    cache = bootcache.BootCache()
+    d = cache.staging(key)
+    (d / bootcache.STREAM).write_bytes(b"not a migration stream\n" * 100)
+    shutil.copyfile(vars_file, d / bootcache.VARS)
+    (d / bootcache.META).write_text("{}")
+    assert cache.publish(d, key) is not None
+    b = QemuBackend()
+    try:
+        info = b.start(machine, tmp_path / "b", paused=True, boot="resume-ok")
+        assert info["boot"].startswith(f"fresh (boot cache entry {key} did not load: ")
+        assert b.vm.alive() and b.vm.incoming is None
+        assert "-incoming" not in (tmp_path / "b" / "qemu-cmdline.txt").read_text()
+        assert "-incoming defer" in (tmp_path / "b" / "resume-failed-qemu-cmdline.txt").read_text()
+        assert cache.lookup(key) is None
+    finally:
+        b.close()
