@@ -316,7 +316,8 @@ def load(vm, entry: Entry, timeout=MIGRATE_TIMEOUT) -> float:
             raise QemuError(f"after loading the boot cache stream QEMU is {status!r}")
     except QemuError as e:
         words = vm.failure_text() if not vm.alive() else ""
-        raise QemuError(f"{e}" + (f": QEMU: {words}" if words else "")) from None
+        text = str(e) if not words or words in str(e) else f"{e}: QEMU: {words}"
+        raise QemuError(text) from None
     for name in LOGS:
         try:
             shutil.copyfile(entry.dir / name, vm.run_dir / f"cached-boot-{name}")
