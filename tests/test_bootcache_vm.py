@@ -46,7 +46,7 @@ def test_boot_under_test_never_resumes(tmp_path, cache_root):
     started without -incoming. smi-once itself then resumes."""
     first = _run("smi-once", tmp_path, "fill")
     assert first.met, first.reason
-    assert first.boot.startswith("fresh (not in the boot cache yet")
+    assert first.boot.startswith("fresh (saved to the boot cache as ")
     key = _boot_step(first)["result"]["boot_cache"].split()[-1]
     assert bootcache.BootCache().lookup(key) is not None
 
@@ -78,7 +78,7 @@ def test_resumed_hotadd_matches_fresh_and_model(tmp_path, cache_root):
     opts = {"qemu": "qemu-7.2-smm-fix"}
     fresh = _run("hotadd-runtime", tmp_path, "fresh", **opts)
     assert fresh.met, fresh.reason
-    assert fresh.boot.startswith("fresh (not in the boot cache yet")
+    assert fresh.boot.startswith("fresh (saved to the boot cache as ")
     resumed = _run("hotadd-runtime", tmp_path, "resumed", **opts)
     assert resumed.met, resumed.reason
     assert resumed.boot.startswith("resumed from cache ")

@@ -239,12 +239,15 @@ class QemuBackend(Backend):
         try:
             e = bootcache.save(self.vm, self._cache, self._cache_key, self._cache_inputs,
                                getattr(self.agent, "banner", None), boot_seconds)
-        except QemuError as err:
+        except (QemuError, OSError) as err:       # OSError: the cache's disk is full
             if not self.vm.alive():
                 raise QemuError(f"QEMU died while its boot was saved to the boot cache: "
                                 f"{self.vm.failure_text()}") from None
             return {"boot_cache": f"not saved: {err}"}
-        return {"boot_cache": f"saved {e.key}" if e else "not saved"}
+        if e is None:
+            return {"boot_cache": "not saved"}
+        self._info["boot"] = f"fresh (saved to the boot cache as {e.key})"
+        return {"boot_cache": f"saved {e.key}"}
 
     def info(self) -> dict:
         return dict(getattr(self, "_info", {}))
