@@ -19,6 +19,12 @@ Sections (--only, comma-separated; default all but overhead, with --baseline: bo
   a third of today's.
 - overhead: the harness's own CPU time over its wall time, the scenario set run
   sequentially in this process (long; target <= 10 %).
+- boot_cache: a scenario's start and boot (start() + boot(): QEMU launched, guest agent
+  answering) fresh against resumed from the booted-machine cache
+  (harness/qemu/bootcache.py), median of --runs each, in a cache directory of its own;
+  and what saving the entry costs once.
+- scenarios_boot_cache: ``pytest scenarios/ -n 2`` with --boot-cache off, then on with an
+  empty cache (the first run fills it), then on again (warm); the ratios to off (long).
 - model: ``pytest scenarios/ --backend model`` wall time (target < 2 s) and steps/s
   (benchmarks/model_bench.py, target >= 20,000).
 - microcode: list throughput in MB/s (benchmarks/microcode_bench.py, target >= 200).
@@ -157,6 +163,70 @@ def bench_overhead(runs):
             "harness_overhead_pct": round(100 * cpu / wall, 2), "met": met}
 
 
+def bench_boot_cache(runs):
+    from harness.machine import MachineConfig
+    from harness.qemu import bootcache
+    import os
+    root = Path(tempfile.mkdtemp(prefix="bench-bootcache-"))
+    os.environ["SMM_HARNESS_BOOT_CACHE_DIR"] = str(root)
+    machine = MachineConfig(cpus=2, maxcpus=4)
+    fresh, resumed, loads, save = [], [], [], None
+
+    def once(policy, out):
+        b = _backend()
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                t = time.monotonic()
+                b.start(machine, Path(d), paused=True, boot=policy)
+                res = b.boot()
+                out.append(time.monotonic() - t)
+                return b, res
+            finally:
+                b.close()
+
+    try:
+        _, res = once("resume-ok", [])               # fills the cache (not timed here)
+        entry = bootcache.BootCache().entries()[0]
+        save = entry.meta().get("save_seconds")
+        size = entry.stream.stat().st_size
+        for _ in range(runs):
+            once("fresh", fresh)
+            _, res = once("resume-ok", resumed)
+            loads.append(res.get("load_seconds"))
+    finally:
+        import shutil
+        os.environ.pop("SMM_HARNESS_BOOT_CACHE_DIR", None)
+        shutil.rmtree(root, ignore_errors=True)
+    med = lambda xs: round(statistics.median(xs), 2)  # noqa: E731
+    return {"runs": runs, "fresh_start_boot_s": med(fresh),
+            "resumed_start_boot_s": med(resumed), "resumed_load_s": med(loads),
+            "ratio_resumed_to_fresh": round(med(resumed) / med(fresh), 3),
+            "save_once_s": save, "stream_mb": round(size / 1e6, 1),
+            "fresh_all_s": [round(x, 2) for x in fresh],
+            "resumed_all_s": [round(x, 2) for x in resumed]}
+
+
+def bench_scenarios_boot_cache(runs):
+    """The scenario set with the boot cache off, cold and warm, in a cache directory of
+    its own (SMM_HARNESS_BOOT_CACHE_DIR, which pytest and its workers inherit)."""
+    import shutil
+    root = Path(tempfile.mkdtemp(prefix="bench-bootcache-set-"))
+    out = {}
+    try:
+        os.environ["SMM_HARNESS_BOOT_CACHE_DIR"] = str(root)
+        for name, extra in (("off", ("--boot-cache", "off")), ("cold", ("--boot-cache", "on")),
+                            ("warm", ("--boot-cache", "on"))):
+            wall, summary = _pytest("scenarios/", "-n", "2", "--trace-dir",
+                                    tempfile.mkdtemp(prefix="bench-"), *extra)
+            out[name] = {"wall_s": round(wall, 1), "summary": summary}
+    finally:
+        os.environ.pop("SMM_HARNESS_BOOT_CACHE_DIR", None)
+        shutil.rmtree(root, ignore_errors=True)
+    for name in ("cold", "warm"):
+        out[f"ratio_{name}_to_off"] = round(out[name]["wall_s"] / out["off"]["wall_s"], 3)
+    return out
+
+
 def bench_model(runs):
     import model_bench
     wall, summary = _pytest("scenarios/", "--backend", "model", "--trace-dir",
@@ -183,8 +253,9 @@ def bench_microcode_vs_iucode(runs):
 
 SECTIONS = {"boot": bench_boot, "unplug": bench_unplug, "boot_phases": bench_boot_phases,
             "scenarios": bench_scenarios, "overhead": bench_overhead, "model": bench_model,
-            "microcode": bench_microcode, "microcode_vs_iucode": bench_microcode_vs_iucode}
-DEFAULT = [s for s in SECTIONS if s != "overhead"]
+            "microcode": bench_microcode, "microcode_vs_iucode": bench_microcode_vs_iucode,
+            "boot_cache": bench_boot_cache, "scenarios_boot_cache": bench_scenarios_boot_cache}
+DEFAULT = [s for s in SECTIONS if s not in ("overhead", "scenarios_boot_cache")]
 # issue 13's targets: absolute (<=) or a ratio to the baseline (new/old <=)
 TARGETS = {("boot", "boot_to_shell_s"): ("<=", 5.0), ("boot", "snapshot_mb"): ("<=", 5.0),
            ("boot", "snapshot_migrate_s"): ("<=", 0.1),

@@ -22,8 +22,12 @@ class Backend(ABC):
     name = "abstract"
 
     @abstractmethod
-    def start(self, machine: MachineConfig, run_dir: Path, paused: bool) -> dict:
-        """Create the machine. ``paused``: not running yet (cold-plug allowed until boot)."""
+    def start(self, machine: MachineConfig, run_dir: Path, paused: bool,
+              boot: str | None = None) -> dict:
+        """Create the machine. ``paused``: not running yet (cold-plug allowed until boot).
+        ``boot``: the scenario's boot policy (harness.bootpolicy: ``fresh`` or
+        ``resume-ok``; None outside a scenario); a backend may start a ``resume-ok``
+        machine from one booted earlier, and its ``info()["boot"]`` says so."""
 
     @abstractmethod
     def coldplug(self, cpu: CpuPlug) -> dict:

@@ -24,12 +24,16 @@ def _add_run_options(p, backend=True):
                    "(default: the system's, found through QEMU's firmware descriptors)")
     p.add_argument("--ovmf-code", help="OVMF code image of your own SMM build")
     p.add_argument("--ovmf-vars", help="OVMF vars template for --ovmf-code")
+    p.add_argument("--boot-cache", choices=("on", "off"), default=None,
+                   help="start scenarios marked boot: resume-ok from a machine booted "
+                        "earlier (default: SMM_HARNESS_BOOT_CACHE, else on)")
 
 
 def _options(a) -> Options:
     return Options(backend=getattr(a, "backend", "qemu"), accel=a.accel, qemu=a.qemu,
                    firmware=a.firmware, ovmf_code=a.ovmf_code, ovmf_vars=a.ovmf_vars,
-                   trace_dir=Path(getattr(a, "trace_dir", None) or "runs"))
+                   trace_dir=Path(getattr(a, "trace_dir", None) or "runs"),
+                   boot_cache=getattr(a, "boot_cache", None))
 
 
 def cmd_run(a):
@@ -62,7 +66,8 @@ def cmd_run(a):
             word = "ok  " if r.met else "FAIL"
             if r.met and r.expectation is not None and r.expectation.bug:
                 word = "bug "
-            print(f"{word} {scn.name} [{b}, {accel}]: {r.reason}")
+            boot = f", boot: {r.boot}" if r.boot else ""
+            print(f"{word} {scn.name} [{b}, {accel}{boot}]: {r.reason}")
             if not r.met:
                 failed += 1
                 print(failure_report(r))
@@ -155,7 +160,9 @@ def build_parser():
     pr.set_defaults(func=cmd_probe)
 
     from . import builds, matrix
+    from .qemu import bootcache
     from .qemu.image import cli as images_cli
+    bootcache.register(sub)
     images_cli.register(sub)
     builds.register(sub)
     matrix.register(sub)

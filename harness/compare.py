@@ -279,11 +279,25 @@ def compare(path_a, path_b) -> Comparison:
             w.cov.missed("snapshot", label, w.why_missing(0 if not snap_a else 1, None))
         if x["op"] == "unplug":
             w.unplug_at = x.get("index")
+        if x["op"] == "boot":
+            _resumed_boot(w, label, x, y)
     if len(sa) != len(sb):
         longer = sa if len(sa) > len(sb) else sb
         extra = longer[min(len(sa), len(sb))]
         return div(extra, "steps run", None, len(sa), len(sb))
     return Comparison(None, w.cov)
+
+
+def _resumed_boot(w, label, x, y):
+    """A boot resumed from the boot cache (harness/qemu/bootcache.py) did not run the
+    firmware in this run: say so, since the steps after it are compared as always."""
+    for side, step in enumerate((x, y)):
+        res = step.get("result") if isinstance(step.get("result"), dict) else {}
+        if res.get("boot") == "resumed":
+            w.cov.note(f"the firmware boot at {label}: {w.who[side]} resumed a machine "
+                       f"booted earlier (boot cache {res.get('boot_cache')}), so this "
+                       f"run did not boot the firmware; its state after boot was "
+                       f"compared as always")
 
 
 def _pinned_signature(ha, hb):

@@ -29,6 +29,9 @@ def pytest_addoption(parser):
                 help="OVMF build name (python -m harness builds list) or code image")
     g.addoption("--ovmf-code", default=None, help="OVMF code image of your own SMM build")
     g.addoption("--ovmf-vars", default=None, help="OVMF vars template for --ovmf-code")
+    g.addoption("--boot-cache", choices=("on", "off"), default=None,
+                help="start scenarios marked boot: resume-ok from a machine booted "
+                     "earlier (default: SMM_HARNESS_BOOT_CACHE, else on)")
     g.addoption("--trace-dir", default=None,
                 help="where traces and logs go (default: runs/ under the rootdir)")
 
@@ -37,7 +40,8 @@ def _options(config) -> Options:
     o = config.option
     trace_dir = Path(o.trace_dir) if o.trace_dir else Path(config.rootpath) / "runs"
     return Options(backend=o.backend, accel=o.accel, qemu=o.qemu, firmware=o.firmware,
-                   ovmf_code=o.ovmf_code, ovmf_vars=o.ovmf_vars, trace_dir=trace_dir)
+                   ovmf_code=o.ovmf_code, ovmf_vars=o.ovmf_vars, trace_dir=trace_dir,
+                   boot_cache=o.boot_cache)
 
 
 def pytest_configure(config):
@@ -120,6 +124,8 @@ class ScenarioItem(pytest.Item):
             raise ScenarioFailure(f"{self.scenario.path}: {e}") from None
         self.user_properties.append(("trace", str(result.trace_path)))
         self.user_properties.append(("verdict", result.reason))
+        if result.boot:
+            self.user_properties.append(("boot", result.boot))
         if not result.met:
             raise ScenarioFailure(failure_report(result))
         if opts.backend == "both" and self.backend == "qemu" \
@@ -156,14 +162,25 @@ class ScenarioItem(pytest.Item):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """--backend both: what each model-versus-QEMU comparison could not compare, so a
-    green run says what it did not look at (the full report: comparison.txt)."""
-    seen = {}
+    """How each QEMU scenario booted (fresh or resumed from the boot cache), and with
+    --backend both what each model-versus-QEMU comparison could not compare, so a green
+    run says what it did not look at (the full report: comparison.txt)."""
+    seen, boots = {}, {}
     for reports in terminalreporter.stats.values():
         for rep in reports:
             props = dict(getattr(rep, "user_properties", ()) or ())
             if "comparison" in props and getattr(rep, "when", "call") == "call":
                 seen[rep.nodeid] = props["comparison"]
+            if "boot" in props and getattr(rep, "when", "call") == "call":
+                boots[rep.nodeid] = props["boot"]
+    if boots:
+        resumed = sorted(n for n, b in boots.items() if b.startswith("resumed"))
+        terminalreporter.write_line(
+            f"boot cache: {len(resumed)} of {len(boots)} QEMU scenarios resumed from a "
+            f"cached boot, {len(boots) - len(resumed)} booted fresh")
+        if terminalreporter.config.option.verbose > 0:
+            for nodeid, b in sorted(boots.items()):
+                terminalreporter.write_line(f"  {nodeid}: boot: {b}")
     if not seen:
         return
     terminalreporter.section("model against QEMU: what was not compared")

@@ -43,6 +43,7 @@ class RunResult:
     qemu_version: str | None = None
     steps_done: int = 0
     durations: dict = field(default_factory=dict)
+    boot: str | None = None             # QEMU: "fresh ..." or "resumed from cache KEY"
 
 
 def judge(expect, outcome, qemu_version=None):
@@ -128,7 +129,7 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
     expectation = scn.expectation(accel, qemu_version, firmware_edk2)
     header = {"scenario": scn.name, "file": str(scn.path), "backend": backend.name,
               "accel": accel, "harness": __version__, "machine": machine.__dict__,
-              "expect": expectation.summary(),
+              "expect": expectation.summary(), "boot_policy": scn.boot,
               "build": {"qemu_version": qemu_version, "firmware_edk2": firmware_edk2}}
     trace = None
     outcome = None
@@ -137,7 +138,7 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
     run = StepRun(backend)
     try:
         try:
-            info = backend.start(machine, run_dir, paused=True) or {}
+            info = backend.start(machine, run_dir, paused=True, boot=scn.boot) or {}
         except HarnessError as e:
             trace = TraceWriter(trace_path, {**header, "info": {}})
             outcome = Outcome("error", step=0, op="start", message=str(e))
@@ -190,7 +191,8 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
     return RunResult(scenario=scn, backend=backend.name, accel=accel, outcome=outcome,
                      met=met, reason=reason, expectation=expectation,
                      qemu_version=qemu_version, trace_path=Path(trace_path), run_dir=run_dir,
-                     last_snapshot=last, steps_done=steps_done)
+                     last_snapshot=last, steps_done=steps_done,
+                     boot=backend.info().get("boot"))
 
 
 def _stopped_by(e) -> tuple[dict, Outcome]:

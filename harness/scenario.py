@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from . import bootpolicy
 from . import firmware as fwmod
 from . import known_bugs
 from .checks import CHECK_ARGS, backend_problems
@@ -77,6 +78,8 @@ class Scenario:
     accels: tuple = ("tcg", "kvm")    # where this scenario may run
     expect: dict = field(default_factory=dict)   # accel -> Expectation
     backends: tuple = ("qemu", "model")
+    boot: str = bootpolicy.DEFAULT    # fresh: the boot is under test; resume-ok: may
+                                      # start from the boot cache (harness/bootpolicy.py)
 
     def expectation(self, accel, qemu_version=None, firmware_edk2=None):
         """The expectation in force for a run: a known bug's where the build has it,
@@ -530,7 +533,7 @@ def _expectation(ctx, node, key, nsteps):
     return e
 
 
-TOP_KEYS = {"name", "purpose", "machine", "accel", "expect", "steps", "backends"}
+TOP_KEYS = {"name", "purpose", "machine", "accel", "expect", "steps", "backends", "boot"}
 
 
 def load(path) -> Scenario:
@@ -604,10 +607,29 @@ def _load(ctx, path):
             for k, v in ctx.attempt(_mapping, ctx, en, "expect", {"tcg", "kvm", "any"},
                                     default={}).items():
                 expect[k] = ctx.attempt(_expectation, ctx, v, f"expect.{k}", len(steps))
+    boot = ctx.attempt(_boot_policy, ctx, top, steps, expect)
     if ctx.problems:
         return None
     return Scenario(name=name, path=path, purpose=purpose, machine=machine, steps=steps,
-                    accels=accels, expect=expect, backends=backends)
+                    accels=accels, expect=expect, backends=backends, boot=boot)
+
+
+def _boot_policy(ctx, top, steps, expect):
+    """``boot: fresh | resume-ok``; resume-ok is refused where the scenario shows its
+    boot is under test (harness/bootpolicy.py), naming the line that shows it."""
+    if "boot" not in top:
+        return bootpolicy.DEFAULT
+    policy = _str(ctx, top["boot"], "boot")
+    if policy not in bootpolicy.POLICIES:
+        raise ctx.err(top["boot"], "boot", f"unknown boot policy {policy!r} "
+                      f"({' or '.join(bootpolicy.POLICIES)})")
+    if policy == bootpolicy.RESUME_OK:
+        for line, key, problem in bootpolicy.resume_problems(
+                [s for s in steps if s is not None],
+                {k: e for k, e in expect.items() if e is not None}):
+            raise ctx.err(top["boot"], "boot", f"resume-ok, but {key} (line {line}) "
+                          f"{problem}")
+    return policy
 
 
 def _steps(ctx, sn, machine):

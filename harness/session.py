@@ -33,6 +33,7 @@ class Options:
     ovmf_code: str | None = None
     ovmf_vars: str | None = None
     trace_dir: Path = Path("runs")
+    boot_cache: str | None = None    # on | off; None: SMM_HARNESS_BOOT_CACHE (default on)
 
 
 @dataclass(frozen=True)
@@ -134,11 +135,12 @@ def resolve_accel(opts: Options) -> str:
     return "kvm" if process.kvm_can_do_smm(target.qemu_binary) else "tcg"
 
 
-def make_backend(name, target: Target, accel):
+def make_backend(name, target: Target, accel, boot_cache=None):
     if name == "qemu":
         from .qemu.backend import QemuBackend
         return QemuBackend(qemu=target.qemu_binary, ovmf_code=target.ovmf_code,
-                           ovmf_vars=target.ovmf_vars, firmware_version=target.firmware_version)
+                           ovmf_vars=target.ovmf_vars, firmware_version=target.firmware_version,
+                           boot_cache=boot_cache)
     if name == "model":
         from .model.backend import ModelBackend
         from .model.cpu import semantics_for_build
@@ -159,7 +161,7 @@ def run_one(scn, backend_name, opts: Options, accel=None, suffix=""):
     accel = accel or resolve_accel(opts)
     target = resolve_target(opts, need_qemu=backend_name != "model")
     base = Path(opts.trace_dir) / f"{safe(scn.name)}-{backend_name}-{accel}{suffix}"
-    backend = make_backend(backend_name, target, accel)
+    backend = make_backend(backend_name, target, accel, opts.boot_cache)
     return run_scenario(scn, backend, accel, run_dir=base, trace_path=base / "trace.jsonl",
                         qemu_version=target.qemu_version,
                         firmware_edk2=target.firmware_edk2)

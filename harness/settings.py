@@ -14,6 +14,11 @@ VARIABLES = {
     "SMM_HARNESS_TCG_THREAD": "default TCG threading, single or multi (single)",
     "SMM_HARNESS_MIGRATE_AFTER_UNPLUG": "1: take migration snapshots even after an "
                                         "unplug (QEMU 7.2 aborts on them)",
+    "SMM_HARNESS_BOOT_CACHE": "on (default) or off: scenarios marked boot: resume-ok "
+                              "start from a machine booted earlier (--boot-cache)",
+    "SMM_HARNESS_BOOT_CACHE_DIR": "where the boot cache keeps its entries (default "
+                                  "$SMM_HARNESS_CACHE/boot; about 125 MB per 512 MiB "
+                                  "machine)",
 }
 
 
@@ -38,3 +43,22 @@ def tcg_thread_default() -> str:
 
 def migrate_after_unplug() -> bool:
     return get("SMM_HARNESS_MIGRATE_AFTER_UNPLUG") == "1"
+
+
+BOOT_CACHE_VALUES = ("on", "off")
+
+
+def boot_cache_dir() -> Path:
+    d = get("SMM_HARNESS_BOOT_CACHE_DIR")
+    return Path(d) if d else cache_dir() / "boot"
+
+
+def boot_cache(option=None) -> bool:
+    """Whether the booted-machine cache is used: ``option`` (--boot-cache on|off) if
+    given, else SMM_HARNESS_BOOT_CACHE, else on."""
+    from .errors import ConfigError
+    value = option or get("SMM_HARNESS_BOOT_CACHE", "on")
+    if value not in BOOT_CACHE_VALUES:
+        where = "--boot-cache" if option else "SMM_HARNESS_BOOT_CACHE"
+        raise ConfigError(f"{where}: expected on or off, got {value!r}")
+    return value == "on"

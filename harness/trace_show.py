@@ -14,7 +14,10 @@ def show(path) -> str:
            f"backend {header.get('backend')}, accel {header.get('accel')}, "
            f"QEMU {info.get('qemu_version', '-')}, firmware {info.get('firmware', '-')}",
            f"machine: {m.get('cpus')} of {m.get('maxcpus')} CPUs, {m.get('memory_mib')} MiB, "
-           f"TSEG {m.get('tseg_mbytes')} MiB, {m.get('cpu_model')}", ""]
+           f"TSEG {m.get('tseg_mbytes')} MiB, {m.get('cpu_model')}"]
+    if info.get("boot"):
+        out.append(f"boot: {info['boot']}")
+    out.append("")
     out.append(f"{'#':>3}  {'line':>4}  {'op':<9} {'seconds':>7}  result")
     for s in steps:
         err = s.get("error")

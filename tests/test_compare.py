@@ -178,3 +178,23 @@ def test_a_field_one_side_lacks_is_listed_not_skipped(tmp_path):
     c = compare(a.trace_path, b)
     assert c.divergence is None
     assert ("ucode_rev", "not reported by model (B)") in c.coverage.unobserved
+
+
+def test_resumed_boot_is_said_not_hidden(tmp_path):
+    """A QEMU trace whose boot was resumed from the boot cache agrees with the model on
+    everything after it, and the comparison says the firmware boot was not run."""
+    a = run(tmp_path, "smi-once", ModelBackend("tcg", FIRMWARE), "a")
+    b = run(tmp_path, "smi-once", ModelBackend("tcg", FIRMWARE), "b")
+    lines = b.trace_path.read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    for r in recs:
+        if r.get("op") == "boot":
+            r["result"] = {"boot_seconds": 0.5, "banner": None, "boot": "resumed",
+                           "boot_cache": "0123abcd"}
+    b.trace_path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    c = compare(a.trace_path, b.trace_path)
+    assert c.divergence is None
+    text = format_comparison(c)
+    assert "resumed a machine booted earlier (boot cache 0123abcd)" in text
+    plain = format_comparison(compare(a.trace_path, a.trace_path))
+    assert "boot cache" not in plain

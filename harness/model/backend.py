@@ -123,7 +123,9 @@ class ModelBackend(Backend):
         return profile.with_overrides(**self.profile_overrides)
 
     # --- Backend ------------------------------------------------------------------------
-    def start(self, machine: MachineConfig, run_dir: Path, paused: bool) -> dict:
+    def start(self, machine: MachineConfig, run_dir: Path, paused: bool,
+              boot: str | None = None) -> dict:
+        # ``boot`` (the boot cache policy) does not apply: the model boots in microseconds
         machine.validate()
         self.profile = self._profile(machine.firmware)
         try:

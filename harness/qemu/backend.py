@@ -17,6 +17,7 @@ import re
 import time
 from pathlib import Path
 
+from .. import bootpolicy
 from .. import firmware as fwmod
 from .. import known_bugs, settings
 from .. import hw
@@ -122,8 +123,14 @@ class QemuBackend(Backend):
     name = "qemu"
 
     def __init__(self, qemu=None, ovmf_code=None, ovmf_vars=None, firmware_version=None,
-                 early_cpio=None, keep_streams=False):
+                 early_cpio=None, keep_streams=False, boot_cache=None):
         self.qemu_path = qemu
+        self.boot_cache = boot_cache    # "on" | "off" | None: SMM_HARNESS_BOOT_CACHE
+        self._policy = None             # the scenario's boot policy (bootpolicy), if any
+        self._cache = self._cache_key = self._cache_inputs = None
+        self._resumed = None            # the bootcache.Entry this machine started from
+        self._boot_note = "fresh"
+        self._coldplugged = False
         self.ovmf_code, self.ovmf_vars = ovmf_code, ovmf_vars
         self.firmware_version = firmware_version
         self.early_cpio = early_cpio
@@ -143,7 +150,12 @@ class QemuBackend(Backend):
         self._guest_reports = []    # the guest kernel's own stall reports (console)
 
     # --- set-up ----------------------------------------------------------------------
-    def start(self, machine: MachineConfig, run_dir: Path, paused: bool) -> dict:
+    def start(self, machine: MachineConfig, run_dir: Path, paused: bool,
+              boot: str | None = None) -> dict:
+        """``boot``: the scenario's boot policy (harness.bootpolicy). ``resume-ok``
+        starts from the boot cache when it holds this machine (and saves it there after
+        a fresh boot when not); ``fresh`` and None (a caller that is no scenario) never
+        touch the cache."""
         machine.validate()
         binary = process.resolve_binary(self.qemu_path)
         version = process.qemu_version(binary)
@@ -153,11 +165,17 @@ class QemuBackend(Backend):
         from .image import build_image   # builds on first use, cached after
         image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
         ram_dir, why = shared_ram_dir(machine.memory_mib, version)
-        self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
-                         run_dir=run_dir, accel=accel, kernel=image.kernel,
-                         initrd=image.initrd,
-                         cmdline=image.cmdline, ram_dir=ram_dir)
-        self.vm.launch()
+
+        def make_vm():
+            return QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
+                          run_dir=run_dir, accel=accel, kernel=image.kernel,
+                          initrd=image.initrd, cmdline=image.cmdline, ram_dir=ram_dir)
+        entry = self._cache_lookup(boot, binary, version, machine, images, accel, image)
+        self.vm = make_vm()
+        if entry is not None:
+            self._resume(entry, make_vm)
+        else:
+            self.vm.launch()
         try:
             self.vm.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
         except QemuError:
@@ -172,8 +190,77 @@ class QemuBackend(Backend):
                       "firmware_identity": (profile.identity.describe()
                                             if profile.identity else None),
                       "firmware_descriptor": str(images.descriptor or ""),
-                      "kernel": getattr(image, "kernel_version", None)}
+                      "kernel": getattr(image, "kernel_version", None),
+                      "boot": self._boot_note}
+        if self._cache_key:
+            self._info["boot_cache_key"] = self._cache_key
         return dict(self._info)
+
+    # --- the boot cache (harness.qemu.bootcache) ------------------------------------------
+    def _cache_lookup(self, boot, binary, version, machine, images, accel, image):
+        """The cache entry to start from, or None; sets what the trace says of the boot."""
+        self._policy = boot
+        self._boot_note = "fresh"
+        if boot is None:
+            return None
+        if boot != bootpolicy.RESUME_OK:
+            self._boot_note = "fresh (the boot is under test)"
+            return None
+        if not settings.boot_cache(self.boot_cache):
+            self._boot_note = "fresh (boot cache off)"
+            return None
+        from . import bootcache
+        self._cache = bootcache.BootCache()
+        self._cache_inputs = bootcache.key_inputs(binary, version, machine, images, accel,
+                                                  image.kernel, image.initrd, image.cmdline)
+        self._cache_key = bootcache.key_of(self._cache_inputs)
+        entry = self._cache.lookup(self._cache_key)
+        if entry is None:
+            self._boot_note = f"fresh (not in the boot cache yet: {self._cache_key})"
+        return entry
+
+    def _resume(self, entry, make_vm):
+        """Launch from ``entry``; if its stream does not load, remove the entry and
+        launch fresh instead (the trace says so)."""
+        from . import bootcache
+        self.vm.incoming = entry
+        try:
+            self.vm.launch()
+            secs = bootcache.load(self.vm, entry)
+        except QemuError as e:
+            self.vm.shutdown()
+            for name in ("qemu-stderr.log", "qemu-cmdline.txt"):
+                p = self.vm.run_dir / name
+                if p.exists():
+                    p.replace(self.vm.run_dir / f"resume-failed-{name}")
+            self._cache.invalidate(entry.key, str(e))
+            self._boot_note = f"fresh (boot cache entry {entry.key} did not load: {e})"
+            self.vm = make_vm()
+            self.vm.launch()
+            return
+        self._resumed = entry
+        self._load_seconds = round(secs, 2)
+        self._boot_note = f"resumed from cache {entry.key}"
+
+    def _save_boot(self, boot_seconds) -> dict:
+        """After a fresh boot of a resume-ok scenario: save the machine as the entry
+        its key lacks. A failed save is said in the boot's result, never a verdict; a
+        QEMU that died of it is an error of the harness."""
+        from . import bootcache
+        if self._cache is None or self._coldplugged:
+            return {}
+        try:
+            e = bootcache.save(self.vm, self._cache, self._cache_key, self._cache_inputs,
+                               getattr(self.agent, "banner", None), boot_seconds)
+        except (QemuError, OSError) as err:       # OSError: the cache's disk is full
+            if not self.vm.alive():
+                raise QemuError(f"QEMU died while its boot was saved to the boot cache: "
+                                f"{self.vm.failure_text()}") from None
+            return {"boot_cache": f"not saved: {err}"}
+        if e is None:
+            return {"boot_cache": "not saved"}
+        self._info["boot"] = f"fresh (saved to the boot cache as {e.key})"
+        return {"boot_cache": f"saved {e.key}"}
 
     def info(self) -> dict:
         return dict(getattr(self, "_info", {}))
@@ -221,6 +308,9 @@ class QemuBackend(Backend):
     def coldplug(self, cpu: CpuPlug) -> dict:
         if self.booted:
             raise BackendError("cold-plug after boot")
+        if self._resumed is not None:
+            raise BackendError("cold-plug into a machine resumed from the boot cache")
+        self._coldplugged = True
         return self._device_add(cpu)
 
     # --- the guest ---------------------------------------------------------------------
@@ -237,14 +327,26 @@ class QemuBackend(Backend):
         return rc, out
 
     def boot(self, timeout=None) -> dict:
+        """Continue the machine and wait for the guest agent. A machine resumed from
+        the boot cache is continued where the earlier boot stopped: its agent already
+        runs, so it is probed (after a newline that ends any half-read line) instead of
+        awaited. The result has the same fields either way, and says which it was."""
         from .agent import GuestAgent
         timeout = timeout or settings.boot_timeout()
         t0 = time.monotonic()
         self._qmp("cont")
         self.running = True
         self.agent = GuestAgent(self.vm.console)
+        resumed = self._resumed is not None
+        what = ("guest resumed from the boot cache did not answer its agent" if resumed
+                else "guest did not boot to its agent")
         try:
-            self._await_banner("guest did not boot to its agent", timeout)
+            if resumed:
+                try:
+                    self.vm.console.send(b"\n")
+                except OSError as e:
+                    raise BackendError(f"guest console: {e}") from None
+            self._await_banner(what, timeout, probe_after=0.0 if resumed else None)
         except BackendError as e:
             if isinstance(e, (Hang, StillProgressing)):
                 raise
@@ -252,10 +354,18 @@ class QemuBackend(Backend):
             raise QemuError(f"console closed during boot ({e}); "
                             f"QEMU: {self.vm.failure_text()}") from None
         self.booted = True
-        return {"boot_seconds": round(time.monotonic() - t0, 2),
-                "banner": getattr(self.agent, "banner", None)}
+        seconds = round(time.monotonic() - t0, 2)
+        if resumed:
+            return {"boot_seconds": seconds, "banner": self._resumed.meta().get("banner"),
+                    "boot": "resumed", "boot_cache": self._resumed.key,
+                    "load_seconds": self._load_seconds}
+        res = {"boot_seconds": seconds, "banner": getattr(self.agent, "banner", None),
+               "boot": "fresh"}
+        if self._policy == bootpolicy.RESUME_OK:
+            res.update(self._save_boot(seconds))
+        return res
 
-    def _await_banner(self, what, timeout):
+    def _await_banner(self, what, timeout, probe_after=None):
         """Wait for the agent's banner while watching the machine. Once ``timeout`` runs
         out, go on watching (up to EVIDENCE_WAIT s, SMI counts read more often) for
         evidence of a hang with the banner still welcome: a boot that ends then was
@@ -266,7 +376,8 @@ class QemuBackend(Backend):
         for limit in (timeout, EVIDENCE_WAIT):
             try:
                 return self.agent.wait_ready(limit, tick=lambda: self._watch(monitor, what),
-                                             tick_every=SAMPLE_INTERVAL)
+                                             tick_every=SAMPLE_INTERVAL,
+                                             probe_after=probe_after)
             except Hang as e:
                 if e is self.hung:           # proven while waiting
                     raise

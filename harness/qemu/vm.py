@@ -66,6 +66,9 @@ class QemuVM:
         # guest RAM as a shared file in this tmpfs directory (None: private RAM); QEMU
         # unlinks its file as soon as it has created it, so nothing is left to clean
         self.ram_dir = ram_dir
+        # a boot cache entry (harness.qemu.bootcache) to start from: its VARS file
+        # instead of the template, and -incoming defer (the backend loads its stream)
+        self.incoming = None
         self.proc = None
         self.qmp = None
         self.console = None
@@ -87,8 +90,9 @@ class QemuVM:
                 "ram_dir": self.ram_dir}
 
     def command_line(self):
-        return qemu_args(self.binary, self.machine, self.firmware, self.accel, self.paths(),
+        args = qemu_args(self.binary, self.machine, self.firmware, self.accel, self.paths(),
                          self.kernel, self.initrd, self.cmdline)
+        return args + (["-incoming", "defer"] if self.incoming is not None else [])
 
     # --- lifecycle -----------------------------------------------------------------
     def alive(self):
@@ -99,7 +103,8 @@ class QemuVM:
         QEMU's own stderr when it refuses to start."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         p = self.paths()
-        shutil.copyfile(self.firmware.vars_template, p["vars"])
+        shutil.copyfile(self.incoming.vars if self.incoming is not None
+                        else self.firmware.vars_template, p["vars"])
         (self.run_dir / "qemu-cmdline.txt").write_text(
             " ".join(self.command_line()) + "\n")
         deadline = time.monotonic() + timeout

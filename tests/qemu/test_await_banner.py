@@ -14,7 +14,7 @@ class FakeAgent:
         self.answers = list(answers)     # per wait_ready call: seconds, or an exception
         self.limits = []
 
-    def wait_ready(self, limit, tick=None, tick_every=0.5):
+    def wait_ready(self, limit, tick=None, tick_every=0.5, probe_after=None):
         self.limits.append(limit)
         a = self.answers.pop(0)
         if isinstance(a, BaseException):
