@@ -86,9 +86,10 @@ def test_resumed_hotadd_matches_fresh_and_model(tmp_path, cache_root):
     assert set(_boot_step(fresh)["result"]) - {"boot_cache"} <= set(step["result"])
     c = compare(fresh.trace_path, resumed.trace_path)
     assert c.divergence is None, format_comparison(c)
-    assert resumed.last_snapshot == fresh.last_snapshot or [
-        (x["smbase"], x["online"]) for x in resumed.last_snapshot["cpus"]] == [
-        (x["smbase"], x["online"]) for x in fresh.last_snapshot["cpus"]]
+    where = [(c.index, c.smbase, c.online, c.in_smm) for c in resumed.last_snapshot.cpus]
+    assert where == [(c.index, c.smbase, c.online, c.in_smm)
+                     for c in fresh.last_snapshot.cpus]
+    assert len(where) == 3 and where[2][2]        # the hot-added CPU, online
     scn = scenario.load(SCENARIOS / "hotadd-runtime.yaml")
     model = run_one(scn, "model", Options(trace_dir=tmp_path / "model", accel="tcg", **opts),
                     "tcg")
