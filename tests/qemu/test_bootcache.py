@@ -212,14 +212,6 @@ def test_scenario_set_resumes_only_where_boot_is_no_verdict():
 
 # --- the backend's choice ------------------------------------------------------------------
 
-@pytest.fixture
-def cache_root(tmp_path, monkeypatch):
-    root = tmp_path / "cache-boot"
-    monkeypatch.setenv("SMM_HARNESS_BOOT_CACHE_DIR", str(root))
-    monkeypatch.delenv("SMM_HARNESS_BOOT_CACHE", raising=False)
-    return root
-
-
 class _Image:
     def __init__(self, files):
         self.kernel, self.initrd, self.cmdline = files["vmlinuz"], files["initrd"], "c"

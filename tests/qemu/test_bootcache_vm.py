@@ -20,14 +20,6 @@ pytestmark = pytest.mark.vm
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
-@pytest.fixture
-def cache_root(tmp_path, monkeypatch):
-    root = tmp_path / "boot-cache"
-    monkeypatch.setenv("SMM_HARNESS_BOOT_CACHE_DIR", str(root))
-    monkeypatch.delenv("SMM_HARNESS_BOOT_CACHE", raising=False)
-    return root
-
-
 def _run(name, tmp_path, tag, **opts):
     scn = scenario.load(SCENARIOS / f"{name}.yaml")
     o = Options(trace_dir=tmp_path / tag, accel="tcg", **opts)
