@@ -21,6 +21,15 @@ def _add_run_options(p, backend=True):
                    "(default: the system's, found through QEMU's firmware descriptors)")
     p.add_argument("--ovmf-code", help="OVMF code image of your own SMM build")
     p.add_argument("--ovmf-vars", help="OVMF vars template for --ovmf-code")
+    add_guest_kernel_option(p)
+
+
+def add_guest_kernel_option(p):
+    from .settings import GUEST_KERNELS
+    p.add_argument("--guest-kernel", choices=GUEST_KERNELS, default=None,
+                   help="the guest's kernel: harness (our own build, images/kernel.config) "
+                   "or debian (the distribution's); default $SMM_HARNESS_GUEST_KERNEL or "
+                   f"{GUEST_KERNELS[0]}")
 
 
 def _options(a) -> Options:
@@ -171,6 +180,10 @@ def main(argv=None):
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="say what the harness does (-v: info, -vv: debug)")
     a = parser.parse_args(argv)
+    if getattr(a, "guest_kernel", None):
+        # one place every image build reads (harness.settings.guest_kernel)
+        import os
+        os.environ["SMM_HARNESS_GUEST_KERNEL"] = a.guest_kernel
     import logging
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(a.verbose, 2)],
                         format="%(name)s: %(message)s")

@@ -7,6 +7,7 @@ table, never as a Python stack; a malformed file is one ``file:line: key: proble
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,10 @@ def pytest_addoption(parser):
                 help="OVMF build name (python -m harness builds list) or code image")
     g.addoption("--ovmf-code", default=None, help="OVMF code image of your own SMM build")
     g.addoption("--ovmf-vars", default=None, help="OVMF vars template for --ovmf-code")
+    from .settings import GUEST_KERNELS
+    g.addoption("--guest-kernel", choices=GUEST_KERNELS, default=None,
+                help="the guest's kernel: harness (our own build) or debian (the "
+                f"distribution's); default $SMM_HARNESS_GUEST_KERNEL or {GUEST_KERNELS[0]}")
     g.addoption("--trace-dir", default=None,
                 help="where traces and logs go (default: runs/ under the rootdir)")
 
@@ -43,6 +48,9 @@ def _options(config) -> Options:
 def pytest_configure(config):
     from .qemu.process import install_signal_handlers
     install_signal_handlers()
+    if config.option.guest_kernel:
+        # every image build reads it (harness.settings.guest_kernel), xdist workers too
+        os.environ["SMM_HARNESS_GUEST_KERNEL"] = config.option.guest_kernel
 
 
 def pytest_collect_file(file_path, parent):

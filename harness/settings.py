@@ -12,6 +12,9 @@ VARIABLES = {
                          "(default ~/.cache/smm-hotplug-harness)",
     "SMM_HARNESS_BOOT_TIMEOUT": "seconds a boot may take before it is diagnosed (120)",
     "SMM_HARNESS_TCG_THREAD": "default TCG threading, single or multi (single)",
+    "SMM_HARNESS_GUEST_KERNEL": "guest kernel when --guest-kernel is not given: harness "
+                                "(our own, images/kernel.config) or debian (the "
+                                "distribution's) (harness)",
     "SMM_HARNESS_MIGRATE_AFTER_UNPLUG": "1: take migration snapshots even after an "
                                         "unplug (QEMU 7.2 aborts on them)",
 }
@@ -38,3 +41,12 @@ def tcg_thread_default() -> str:
 
 def migrate_after_unplug() -> bool:
     return get("SMM_HARNESS_MIGRATE_AFTER_UNPLUG") == "1"
+
+
+#: the guest kernels an image can boot: our own build (harness/qemu/image/kernel.py) or
+#: Debian's linux-image package
+GUEST_KERNELS = ("harness", "debian")
+
+
+def guest_kernel() -> str:
+    return get("SMM_HARNESS_GUEST_KERNEL") or GUEST_KERNELS[0]

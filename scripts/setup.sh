@@ -42,4 +42,5 @@ if [ ! -e "$stamp" ]; then
     touch "$stamp"
 fi
 
-.venv/bin/python -m harness images build >/dev/null
+# the guest image; a first build of the harness kernel says what it does (a few minutes)
+.venv/bin/python -m harness images build --quiet

@@ -12,6 +12,7 @@ raises ``Hang`` with the evidence.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -30,6 +31,8 @@ from .progress import (SAMPLE_INTERVAL, SMI_READ_EVERY, CpuPlace, ProgressMonito
                        console_progress)
 from .qmp import QmpCommandError
 from .vm import QemuVM
+
+_log = logging.getLogger(__name__)
 
 # Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
 COMMAND_TIMEOUT = 30.0
@@ -146,7 +149,7 @@ class QemuBackend(Backend):
         profile, images = fwmod.resolve(machine.firmware, self.ovmf_code, self.ovmf_vars,
                                         version=self.firmware_version)
         from .image import build_image   # builds on first use, cached after
-        image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
+        image = build_image(early_cpio=self.early_cpio, log=_log.info)
         self.vm = QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
                          run_dir=run_dir, accel=accel, kernel=image.kernel,
                          initrd=image.initrd,
