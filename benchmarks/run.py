@@ -1,7 +1,11 @@
 """Benchmarks, printed as one JSON object. Speed is measured here, not in timed tests.
 
-    .venv/bin/python benchmarks/run.py [--runs 3]
+    .venv/bin/python benchmarks/run.py [--runs 3] [--guest-kernel debian,harness]
         [--only boot,boot_phases,scenarios,model,microcode,microcode_vs_iucode]
+
+boot and boot_phases run once per guest kernel of --guest-kernel (debian: the
+distribution's, harness: our own build, harness/qemu/image/kernel.py), one kernel after
+the other, and print each kernel's figures and their ratios (harness / debian).
 
 - boot: median boot-to-shell (cont -> guest agent answers) and snapshot (stop, migrate,
   parse, cont, plus the guest's CPU view) over --runs VMs (512 MiB, 2 of 4 CPUs, TCG),
@@ -23,7 +27,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -126,6 +132,46 @@ def bench_microcode_vs_iucode():
     return microcode_bench.vs_iucode()
 
 
+@contextlib.contextmanager
+def guest_kernel(name):
+    """Every image built in the block boots ``name`` (harness.settings.guest_kernel)."""
+    old = os.environ.get("SMM_HARNESS_GUEST_KERNEL")
+    os.environ["SMM_HARNESS_GUEST_KERNEL"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SMM_HARNESS_GUEST_KERNEL", None)
+        else:
+            os.environ["SMM_HARNESS_GUEST_KERNEL"] = old
+
+
+#: the figures compared between guest kernels: section -> keys (seconds)
+KERNEL_RATIOS = {"boot": ("boot_to_shell_s", "hot_unplug_s", "snapshot_s"),
+                 "boot_phases": ("median_total_s",)}
+
+
+def per_kernel(name, fn, runs, kernels):
+    """``fn(runs)`` once per guest kernel; with two, also their ratios."""
+    if len(kernels) == 1:
+        with guest_kernel(kernels[0]):
+            return {"guest_kernel": kernels[0], **fn(runs)}
+    out = {}
+    for k in kernels:
+        with guest_kernel(k):
+            out[k] = fn(runs)
+    if len(kernels) == 2:
+        a, b = kernels
+        out[f"ratio_{b}_over_{a}"] = {
+            key: round(out[b][key] / out[a][key], 3)
+            for key in KERNEL_RATIOS[name] if out[a].get(key) and key in out[b]}
+        if name == "boot_phases":
+            out[f"ratio_{b}_over_{a}"].update(
+                {f"{ph}_s": round(out[b]["median_seconds"][ph] / out[a]["median_seconds"][ph], 3)
+                 for ph in out[a]["median_seconds"] if out[a]["median_seconds"][ph]})
+    return out
+
+
 SECTIONS = {"boot": bench_boot, "boot_phases": bench_boot_phases,
             "scenarios": bench_scenarios, "model": bench_model, "microcode": bench_microcode,
             "microcode_vs_iucode": bench_microcode_vs_iucode}
@@ -135,11 +181,20 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--only", default=",".join(SECTIONS))
+    p.add_argument("--guest-kernel", default="debian,harness",
+                   help="guest kernels boot and boot_phases run on, comma-separated "
+                   "(debian, harness); two print their ratios")
     a = p.parse_args()
+    from harness.settings import GUEST_KERNELS
+    kernels = [k for k in a.guest_kernel.split(",") if k]
+    bad = [k for k in kernels if k not in GUEST_KERNELS]
+    if bad or not kernels:
+        p.error(f"--guest-kernel: {', '.join(bad) or 'none'} (one of {', '.join(GUEST_KERNELS)})")
     out = {}
     for name in a.only.split(","):
         fn = SECTIONS[name]
-        out[name] = fn(a.runs) if name in ("boot", "boot_phases") else fn()
+        out[name] = (per_kernel(name, fn, a.runs, kernels) if name in ("boot", "boot_phases")
+                     else fn())
     print(json.dumps(out, indent=2))
 
 
