@@ -27,8 +27,8 @@ def _add_run_options(p, backend=True):
 def add_guest_kernel_option(p):
     from .settings import GUEST_KERNELS
     p.add_argument("--guest-kernel", choices=GUEST_KERNELS, default=None,
-                   help="the guest's kernel: harness (our own build, images/kernel.config) "
-                   "or debian (the distribution's); default $SMM_HARNESS_GUEST_KERNEL or "
+                   help="the guest's kernel: debian (the distribution's) or harness (our "
+                   "own build, images/kernel.config); default $SMM_HARNESS_GUEST_KERNEL or "
                    f"{GUEST_KERNELS[0]}")
 
 

@@ -32,8 +32,8 @@ def pytest_addoption(parser):
     g.addoption("--ovmf-vars", default=None, help="OVMF vars template for --ovmf-code")
     from .settings import GUEST_KERNELS
     g.addoption("--guest-kernel", choices=GUEST_KERNELS, default=None,
-                help="the guest's kernel: harness (our own build) or debian (the "
-                f"distribution's); default $SMM_HARNESS_GUEST_KERNEL or {GUEST_KERNELS[0]}")
+                help="the guest's kernel: debian (the distribution's) or harness (our "
+                f"own build); default $SMM_HARNESS_GUEST_KERNEL or {GUEST_KERNELS[0]}")
     g.addoption("--trace-dir", default=None,
                 help="where traces and logs go (default: runs/ under the rootdir)")
 

@@ -178,9 +178,9 @@ def test_probe_finds_an_agent_that_started_before_we_looked(local_agent):
 # ------------------------------------------------------------------ real VM
 
 
-@pytest.fixture(scope="module", params=["harness", "debian"])
+@pytest.fixture(scope="module", params=["debian", "harness"])
 def image(request):
-    """Both guest kernels: ours (the default) and Debian's."""
+    """Both guest kernels: Debian's (the default) and ours."""
     from harness.qemu.image import build_image
     return build_image(log=lambda m: None, guest_kernel=request.param)
 

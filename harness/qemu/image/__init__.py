@@ -1,9 +1,9 @@
 """Guest image recipe: a guest kernel plus a tiny busybox initramfs running the agent.
 
-Only the QEMU backend boots a guest, so the image lives here. The kernel is ours by
-default (``kernel``: Debian's ``linux`` source package built with only what the
-scenarios use, ``images/kernel.config``) or Debian's (``guest_kernel="debian"``,
-``$SMM_HARNESS_GUEST_KERNEL``). ``build_image()`` fetches Debian's
+Only the QEMU backend boots a guest, so the image lives here. The kernel is Debian's
+by default, or ours (``guest_kernel="harness"``, ``$SMM_HARNESS_GUEST_KERNEL``;
+:mod:`.kernel`: Debian's ``linux`` source package built with only what the scenarios
+use, ``images/kernel.config``). ``build_image()`` fetches Debian's
 ``linux-image-6.1.0-*-amd64`` (the package ``linux-image-amd64`` depends on) when it
 boots Debian's kernel, and ``busybox-static``, with ``apt-get download``, unpacks them
 with ``dpkg-deb -x`` into a scratch directory (nothing is installed) and writes a gzip'd
