@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/run.py [--runs 3] [--only SECTION,...]
     .venv/bin/python benchmarks/run.py --baseline main [--only boot,scenarios]
         [--qemu qemu-11.1 --firmware ovmf-2026.08]
+    .venv/bin/python benchmarks/run.py --guest-kernel debian,harness --only boot,boot_phases
+
+``--guest-kernel debian,harness`` measures the same sections on each guest kernel (Debian's
+and ours, harness/qemu/image/kernel.py), one after the other, and prints harness/debian.
 
 Sections (--only, comma-separated; default all but overhead, with --baseline: boot):
 - boot: median boot-to-shell (cont -> guest agent answers) over --runs VMs (512 MiB,
@@ -274,13 +278,13 @@ def measure(sections, runs):
     return out
 
 
-def measure_in(tree, sections, runs):
+def measure_in(tree, sections, runs, env=None):
     """Measure ``tree`` in a child process (this file, ``--tree``)."""
     builds = [a for k, v in BUILDS.items() if v for a in (f"--{k}", v)]
     r = subprocess.run([sys.executable, __file__, "--tree", str(tree), "--runs", str(runs),
                         "--only", ",".join(sections), *builds], stdout=subprocess.PIPE,
                        text=True,
-                       env=dict(os.environ, PYTHONPATH=str(tree)))
+                       env=dict(os.environ, PYTHONPATH=str(tree), **(env or {})))
     if r.returncode != 0:
         sys.exit(f"bench: measuring {tree} failed (exit {r.returncode})")
     return json.loads(r.stdout)
@@ -335,6 +339,18 @@ def with_baseline(ref, sections, runs):
     return {"old": old, "new": new, "ratio": ratio}
 
 
+def with_kernels(kernels, sections, runs):
+    """The same sections on each guest kernel (SMM_HARNESS_GUEST_KERNEL), one after the
+    other in this tree; ratios of the second to the first (harness / debian)."""
+    old, new = (measure_in(ROOT, sections, runs, env={"SMM_HARNESS_GUEST_KERNEL": k})
+                for k in kernels)
+    old["guest_kernel"], new["guest_kernel"] = kernels
+    ratio = ratios(old, new)
+    print(f"old = guest kernel {kernels[0]}, new = {kernels[1]}", file=sys.stderr)
+    print(table(old, new, ratio), file=sys.stderr)
+    return {"old": old, "new": new, "ratio": ratio}
+
+
 def main():
     global ROOT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -344,6 +360,9 @@ def main():
                    help="also measure this commit and print new/old ratios")
     p.add_argument("--qemu", help="QEMU build name or binary (boot, unplug, scenarios)")
     p.add_argument("--firmware", help="OVMF build name or code image (same)")
+    p.add_argument("--guest-kernel", metavar="K[,K2]",
+                   help="the guest kernel (debian or harness); two, comma-separated: "
+                        "measure both in one run and print the second's ratios to the first")
     p.add_argument("--tree", help=argparse.SUPPRESS)      # measure another checkout
     a = p.parse_args()
     BUILDS.update(qemu=a.qemu, firmware=a.firmware)
@@ -354,7 +373,12 @@ def main():
     if a.tree:
         ROOT = Path(a.tree).resolve()
     sys.path[:0] = [str(ROOT), str(HERE)]
-    if a.baseline:
+    kernels = a.guest_kernel.split(",") if a.guest_kernel else []
+    if len(kernels) == 1:
+        os.environ["SMM_HARNESS_GUEST_KERNEL"] = kernels[0]
+    if len(kernels) == 2:
+        out = with_kernels(kernels, sections, a.runs)
+    elif a.baseline:
         out = with_baseline(a.baseline, sections, a.runs)
     else:
         out = measure(sections, a.runs)

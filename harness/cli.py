@@ -27,6 +27,15 @@ def _add_run_options(p, backend=True):
     p.add_argument("--boot-cache", choices=("on", "off"), default=None,
                    help="start scenarios marked boot: resume-ok from a machine booted "
                         "earlier (default: SMM_HARNESS_BOOT_CACHE, else on)")
+    add_guest_kernel_option(p)
+
+
+def add_guest_kernel_option(p):
+    from .settings import GUEST_KERNELS
+    p.add_argument("--guest-kernel", choices=GUEST_KERNELS, default=None,
+                   help="the guest's kernel: debian (the distribution's) or harness (our "
+                   "own build, images/kernel.config); default $SMM_HARNESS_GUEST_KERNEL or "
+                   f"{GUEST_KERNELS[0]}")
 
 
 def _options(a) -> Options:
@@ -183,6 +192,10 @@ def main(argv=None):
     parser.add_argument("--log-level", choices=LOG_LEVELS, default=None,
                         help="how much the harness says on stderr (overrides -v)")
     a = parser.parse_args(argv)
+    if getattr(a, "guest_kernel", None):
+        # one place every image build reads (harness.settings.guest_kernel)
+        from . import settings
+        settings.choose_guest_kernel(a.guest_kernel)
     import logging
     level = a.log_level or ("warning", "info", "debug")[min(a.verbose, 2)]
     logging.basicConfig(level=getattr(logging, level.upper()),

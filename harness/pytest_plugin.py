@@ -32,6 +32,10 @@ def pytest_addoption(parser):
     g.addoption("--boot-cache", choices=("on", "off"), default=None,
                 help="start scenarios marked boot: resume-ok from a machine booted "
                      "earlier (default: SMM_HARNESS_BOOT_CACHE, else on)")
+    from .settings import GUEST_KERNELS
+    g.addoption("--guest-kernel", choices=GUEST_KERNELS, default=None,
+                help="the guest's kernel: debian (the distribution's) or harness (our "
+                f"own build); default $SMM_HARNESS_GUEST_KERNEL or {GUEST_KERNELS[0]}")
     g.addoption("--trace-dir", default=None,
                 help="where traces and logs go (default: runs/ under the rootdir)")
 
@@ -47,6 +51,10 @@ def _options(config) -> Options:
 def pytest_configure(config):
     from .qemu.process import install_signal_handlers
     install_signal_handlers()
+    if config.option.guest_kernel:
+        # every image build reads it (harness.settings.guest_kernel), xdist workers too
+        from . import settings
+        settings.choose_guest_kernel(config.option.guest_kernel)
 
 
 def pytest_collect_file(file_path, parent):

@@ -121,9 +121,9 @@ def _run(argv, log_file: Path, cwd: Optional[Path] = None, env=None, timeout=360
     return proc
 
 
-def _missing_build_depends() -> List[str]:
+def _missing_build_depends(packages=BUILD_DEPENDS) -> List[str]:
     missing = []
-    for pkg in BUILD_DEPENDS:
+    for pkg in packages:
         proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not proc.stdout.endswith(" installed"):
@@ -131,9 +131,10 @@ def _missing_build_depends() -> List[str]:
     return missing
 
 
-def ensure_build_depends(who: str, log: Log) -> None:
-    """Install the missing build dependencies with the system's apt (as root)."""
-    missing = _missing_build_depends()
+def ensure_build_depends(who: str, log: Log, packages=BUILD_DEPENDS) -> None:
+    """Install the missing build dependencies (``packages``, QEMU's by default) with
+    the system's apt (as root)."""
+    missing = _missing_build_depends(packages)
     if not missing:
         return
     if os.geteuid() != 0:

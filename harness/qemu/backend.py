@@ -35,6 +35,7 @@ from .vm import QemuVM, shared_ram_dir
 
 _log = logging.getLogger(__name__)
 
+
 # Deadlines in seconds, for TCG on a 2-core machine (KVM is faster, never slower).
 COMMAND_TIMEOUT = 30.0
 HOTPLUG_TIMEOUT = 30.0
@@ -163,7 +164,7 @@ class QemuBackend(Backend):
         profile, images = fwmod.resolve(machine.firmware, self.ovmf_code, self.ovmf_vars,
                                         version=self.firmware_version)
         from .image import build_image   # builds on first use, cached after
-        image = build_image(early_cpio=self.early_cpio, log=lambda *a: None)
+        image = build_image(early_cpio=self.early_cpio, log=_log.info)
         ram_dir, why = shared_ram_dir(machine.memory_mib, version)
 
         def make_vm():

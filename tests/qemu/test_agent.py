@@ -178,10 +178,11 @@ def test_probe_finds_an_agent_that_started_before_we_looked(local_agent):
 # ------------------------------------------------------------------ real VM
 
 
-@pytest.fixture(scope="module")
-def image():
+@pytest.fixture(scope="module", params=["debian", "harness"])
+def image(request):
+    """Both guest kernels: Debian's (the default) and ours."""
     from harness.qemu.image import build_image
-    return build_image(log=lambda m: None)
+    return build_image(log=lambda m: None, guest_kernel=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -215,15 +216,34 @@ def test_vm_large_output(vm):
 
 
 @pytest.mark.vm
-def test_vm_cpuinfo_msr_port(vm):
+def test_vm_cpuinfo_msr_port(vm, image):
     rc, out = vm.agent.run("cat /proc/cpuinfo")
     assert rc == 0 and out.count("processor\t:") == 2
     assert vm.agent.run("test -c /dev/cpu/0/msr && test -c /dev/cpu/1/msr")[0] == 0
-    assert vm.agent.run("grep -q '^msr ' /proc/modules")[0] == 0
+    if image.guest_kernel == "debian":        # ours has msr built in (no modules)
+        assert vm.agent.run("grep -q '^msr ' /proc/modules")[0] == 0
+    else:                                     # and cpuid too (Debian's: a module, unloaded)
+        assert vm.agent.run("test -c /dev/cpu/0/cpuid")[0] == 0
     assert vm.agent.run("test -c /dev/port")[0] == 0
     # reading an MSR through the module works (IA32_APIC_BASE, 0x1b: 8 bytes)
     rc, out = vm.agent.run("dd if=/dev/cpu/0/msr bs=8 count=1 skip=$((0x1b)) iflag=skip_bytes 2>/dev/null | wc -c")
     assert (rc, out.strip()) == (0, "8")
+
+
+@pytest.mark.vm
+def test_vm_hotplug_interfaces(vm):
+    """What the QEMU backend reads and writes in the guest, on either kernel: each CPU's
+    ACPI processor path and online file, the GPE and SCI counters."""
+    rc, out = vm.agent.run("cat /sys/devices/system/cpu/cpu1/firmware_node/path "
+                           "/sys/devices/system/cpu/cpu1/online /sys/devices/system/cpu/possible")
+    path, online, possible = out.split()
+    assert rc == 0 and path.endswith(".C001") and (online, possible) == ("1", "0-3"), out
+    rc, out = vm.agent.run("cat /sys/firmware/acpi/interrupts/sci")
+    assert rc == 0 and out.split()[0].isdigit()
+    assert vm.agent.run("echo 0 > /sys/devices/system/cpu/cpu1/online && "
+                        "cat /sys/devices/system/cpu/online") == (0, "0\n")
+    assert vm.agent.run("echo 1 > /sys/devices/system/cpu/cpu1/online && "
+                        "cat /sys/devices/system/cpu/online") == (0, "0-1\n")
 
 
 @pytest.mark.vm

@@ -77,7 +77,8 @@ def test_module_resolution_orders_dependencies(tmp_path):
 
 @pytest.fixture(scope="module")
 def image():
-    return images.build_image(log=lambda m: None)
+    """Debian's kernel: what these tests check is the package side (modules, .debs)."""
+    return images.build_image(log=lambda m: None, guest_kernel="debian")
 
 
 def test_image_contents(image):
@@ -95,7 +96,7 @@ def test_image_contents(image):
 def test_cached_rebuild_is_a_noop(image):
     mtime = image.initrd.stat().st_mtime_ns
     t0 = time.monotonic()
-    again = images.build_image(log=lambda m: pytest.fail(f"rebuilt: {m}"))
+    again = images.build_image(log=lambda m: pytest.fail(f"rebuilt: {m}"), guest_kernel="debian")
     elapsed = time.monotonic() - t0
     print(f"\ncached build_image(): {elapsed * 1000:.0f} ms")
     assert again == image
@@ -126,7 +127,7 @@ def _early_cpio(tmp_path, payload=b"dummy microcode\n") -> bytes:
 
 def test_early_cpio_changes_key(tmp_path, image):
     early = _early_cpio(tmp_path)
-    inputs = build._inputs(lambda m: None, images.BUILD_DIR)
+    inputs = build._inputs(lambda m: None, images.BUILD_DIR, "debian")
     assert images.image_key(inputs, None) == image.key
     assert images.image_key(inputs, early) != image.key
     assert images.image_key(inputs, early) != images.image_key(inputs, early + b"\0" * 4)
@@ -143,7 +144,7 @@ def test_apt_failure_is_one_line(tmp_path, monkeypatch):
         "kernel_package": "linux-image-0.0.0-0-bogus-amd64", "kernel_version": "0.0-0",
         "busybox_version": "1:0"})
     with pytest.raises(HarnessError) as info:
-        images.build_image(build_dir=tmp_path, log=lambda m: None)
+        images.build_image(build_dir=tmp_path, log=lambda m: None, guest_kernel="debian")
     msg = str(info.value)
     assert msg.startswith("cannot download linux-image-0.0.0-0-bogus-amd64=0.0-0: ")
     assert "\n" not in msg
@@ -153,7 +154,7 @@ def test_apt_failure_is_one_line(tmp_path, monkeypatch):
 def test_cli_register(capsys, image):
     parser = argparse.ArgumentParser(prog="smm-harness")
     cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["images", "build"])
+    args = parser.parse_args(["images", "build", "--guest-kernel", "debian"])
     assert args.force is False
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -175,13 +176,15 @@ def _test_agent_module():
 
 
 @pytest.mark.vm
-def test_early_cpio_image_boots(tmp_path, image):
+@pytest.mark.parametrize("guest_kernel", ["harness", "debian"])
+def test_early_cpio_image_boots(tmp_path, guest_kernel):
     booted_vm = _test_agent_module().booted_vm
     early = _early_cpio(tmp_path)
     t0 = time.monotonic()
-    combo = images.build_image(early_cpio=early, log=lambda m: None)
+    plain = images.build_image(log=lambda m: None, guest_kernel=guest_kernel)
+    combo = images.build_image(early_cpio=early, log=lambda m: None, guest_kernel=guest_kernel)
     print(f"\nbuild with early cpio: {time.monotonic() - t0:.1f}s")
-    assert combo.key != image.key
+    assert combo.key != plain.key and combo.guest_kernel == guest_kernel
     data = combo.initrd.read_bytes()
     assert data.startswith(early) and data[len(early):len(early) + 2] == b"\x1f\x8b"
     with booted_vm(combo.kernel, combo.initrd, combo.cmdline) as vm:

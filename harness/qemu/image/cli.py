@@ -14,7 +14,11 @@ _log = logging.getLogger(__name__)
 
 
 def _cmd_build(args) -> int:
-    paths = build_image(force=getattr(args, "force", False), log=lambda m: print(m, flush=True))
+    paths = build_image(force=getattr(args, "force", False), log=lambda m: print(m, flush=True),
+                        guest_kernel=getattr(args, "guest_kernel", None))
+    if getattr(args, "quiet", False):
+        return 0
+    print(f"guest_kernel: {paths.guest_kernel}")
     print(f"kernel: {paths.kernel}")
     print(f"initrd: {paths.initrd}")
     print(f"kernel_version: {paths.kernel_version}")
@@ -30,4 +34,8 @@ def register(subparsers) -> None:
     sub.required = True
     b = sub.add_parser("build", help="build (or reuse the cached) guest image; prints its paths")
     b.add_argument("--force", action="store_true", help="rebuild even if a cached image matches")
+    b.add_argument("--quiet", action="store_true",
+                   help="print only what a build does (progress lines), not the paths")
+    from harness.cli import add_guest_kernel_option
+    add_guest_kernel_option(b)
     b.set_defaults(func=_cmd_build)
