@@ -68,3 +68,42 @@ def last_line(proc: subprocess.CompletedProcess) -> str:
         return errors[-1]
     lines = [l for l in lines if not l.startswith(("W:", "N:", "I:"))] or lines
     return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
+def run_logged(argv, cwd, env, log_file: Path, on_line, timeout: float, what: str) -> None:
+    """Run a long build step (ninja, make) with all its output appended to ``log_file``,
+    handing each output line (bytes) to ``on_line`` (progress lines); the process is
+    killed if this is interrupted. A non-zero exit is one HarnessError line with the
+    log's last error lines and the log's path."""
+    from .errors import HarnessError
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        try:
+            for raw in proc.stdout:
+                out.write(raw)
+                on_line(raw)
+            rc = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if rc != 0:
+        tail = [line for line in log_file.read_text(errors="replace").splitlines()
+                if "error" in line.lower()][-2:]
+        raise HarnessError(f"{what} failed (exit {rc}): {' | '.join(tail)} "
+                           f"(log: {log_file})")
+
+
+def replace_dir(stage: Path, out: Path) -> None:
+    """Put the finished ``stage`` directory at ``out``: an old ``out`` is renamed away
+    first and removed, so a reader sees the old tree or the new one, never half of one."""
+    import os
+    import shutil
+    import tempfile
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}-", dir=out.parent))
+        os.rename(out, old / out.name)
+        shutil.rmtree(old, ignore_errors=True)
+    os.rename(stage, out)

@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import ConfigError, HarnessError
 from . import hostio
-from .hostio import last_line, sha256_file
+from .hostio import last_line, run_logged, sha256_file
 
 _log = logging.getLogger(__name__)
 
@@ -266,31 +266,17 @@ def _ninja_with_progress(who: str, build: Path, log_file: Path, log: Log, env) -
     """ninja's ``[N/M]`` lines become a progress line every 10 %."""
     argv = ["ninja", "qemu-system-x86_64"]
     _log.debug("run: %s in %s", " ".join(argv), build)
-    shown = -1
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen(argv, cwd=build, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        try:
-            for raw in proc.stdout:
-                out.write(raw)
-                m = re.match(rb"\[(\d+)/(\d+)\]", raw)
-                if m:
-                    pct = int(m.group(1)) * 100 // max(int(m.group(2)), 1)
-                    if pct // 10 > shown:
-                        shown = pct // 10
-                        log(f"builds: {who}: compiling, {pct} % "
-                            f"({m.group(1).decode()}/{m.group(2).decode()})")
-            rc = proc.wait(timeout=3600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    if rc != 0:
-        tail = [l for l in log_file.read_text(errors="replace").splitlines()
-                if "error" in l.lower()][-2:]
-        raise HarnessError(f"{who}: ninja failed (exit {rc}): {' | '.join(tail)} "
-                           f"(log: {log_file})")
+    shown = [-1]
+
+    def progress(raw):
+        m = re.match(rb"\[(\d+)/(\d+)\]", raw)
+        if m:
+            pct = int(m.group(1)) * 100 // max(int(m.group(2)), 1)
+            if pct // 10 > shown[0]:
+                shown[0] = pct // 10
+                log(f"builds: {who}: compiling, {pct} % "
+                    f"({m.group(1).decode()}/{m.group(2).decode()})")
+    run_logged(argv, build, env, log_file, progress, 3600, f"{who}: ninja")
 
 
 def build_qemu(entry, stage: Path, apt, version: str, log: Log) -> Tuple[List[Dict], Dict]:

@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Callable, Optional
 
 from harness import settings
 from harness.errors import HarnessError
-from harness.hostio import exclusive_lock
+from harness.hostio import exclusive_lock, replace_dir
 from harness.newc import NEWC_MAGICS
 
 from . import apt, initramfs, kernel as kernelmod, modules
@@ -191,11 +190,7 @@ def _build_image(force, early_cpio, log, build_dir: Path, guest_kernel: str) -> 
             }
             (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             shutil.rmtree(work)
-            if out.exists():  # force: move the old image away atomically, then drop it
-                old = Path(tempfile.mkdtemp(prefix=f".old-{key}-", dir=build_dir))
-                os.rename(out, old / "image")
-                shutil.rmtree(old, ignore_errors=True)
-            os.rename(stage, out)
+            replace_dir(stage, out)   # force: the old image moved away atomically
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log(f"images: built {key} in {time.monotonic() - t0:.1f}s")

@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Optional
 
 from harness import settings
 from harness.errors import HarnessError
-from harness.hostio import exclusive_lock, sha256_file
+from harness.hostio import exclusive_lock, replace_dir, run_logged, sha256_file
 
 from .initramfs import IMAGES_DIR
 
@@ -217,31 +217,19 @@ def _make_with_progress(tree: Path, log_file: Path, env, log: Log, jobs: int) ->
     compiler lines. Returns how many objects were compiled."""
     argv = ["nice", "-n", "10", "make", f"-j{jobs}", RECIPE["target"]]
     _log.debug("run: %s in %s", " ".join(argv), tree)
-    shown, count, t0 = 0, 0, time.monotonic()
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        try:
-            for raw in proc.stdout:
-                out.write(raw)
-                if raw.startswith(b"  CC "):
-                    count += 1
-                    pct = min(99, count * 100 // EXPECTED_OBJECTS)
-                    if pct // 10 > shown:
-                        shown = pct // 10
-                        log(f"images: kernel: compiling, about {pct} % ({count} objects, "
-                            f"{time.monotonic() - t0:.0f} s)")
-            rc = proc.wait(timeout=7200)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    if rc != 0:
-        tail = [l for l in log_file.read_text(errors="replace").splitlines()
-                if "error" in l.lower()][-2:]
-        raise HarnessError(f"kernel: make failed (exit {rc}): {' | '.join(tail)} "
-                           f"(log: {log_file})")
+    state = {"shown": 0, "count": 0}
+    t0 = time.monotonic()
+
+    def progress(raw):
+        if raw.startswith(b"  CC "):
+            state["count"] += 1
+            pct = min(99, state["count"] * 100 // EXPECTED_OBJECTS)
+            if pct // 10 > state["shown"]:
+                state["shown"] = pct // 10
+                log(f"images: kernel: compiling, about {pct} % ({state['count']} objects, "
+                    f"{time.monotonic() - t0:.0f} s)")
+    run_logged(argv, tree, env, log_file, progress, 7200, "kernel: make")
+    count = state["count"]
     return count
 
 
@@ -347,11 +335,7 @@ def build_kernel(log: Log = print, force: bool = False, jobs: int = 2) -> Kernel
                         "build_seconds": seconds,
                         "bzImage_sha256": sha256_file(stage / "bzImage")}
             (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".old-{key}-", dir=root))
-                os.rename(out, old / "kernel")
-                shutil.rmtree(old, ignore_errors=True)
-            os.rename(stage, out)
+            replace_dir(stage, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log(f"images: kernel: built {release} in {seconds:.0f} s ({objects} objects compiled)")
