@@ -9,6 +9,7 @@ in the run directory.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -51,6 +52,16 @@ def shared_ram_dir(memory_mib, qemu_version, parent=SHARED_RAM_DIR):
     if free_mib < memory_mib:
         return None, f"{parent} has {free_mib} MiB free, the guest {memory_mib} MiB"
     return parent, None
+
+
+def last_words(stderr_text):
+    """The last non-empty stderr line that is not a warning (``PROG: warning: ...``)."""
+    lines = [line for line in stderr_text.splitlines()
+             if line.strip() and not WARNING_LINE.match(line)]
+    return lines[-1] if lines else ""
+
+
+WARNING_LINE = re.compile(r"^\S+: warning: ")
 
 
 class QemuVM:
@@ -129,13 +140,15 @@ class QemuVM:
         raise QemuCrashed(self.proc.returncode, self.failure_text())
 
     def failure_text(self):
-        """QEMU's last stderr line, which is what it says when it refuses to start."""
+        """QEMU's last stderr line that is not a warning: what it says when it refuses to
+        start or dies. A warning is not the reason (QEMU 7.2.22 warns "Blocked re-entrant
+        IO on MemoryRegion: acpi-cpu-hotplug" and then dies of the unplug heap corruption
+        without a word): only warnings, or nothing, is an empty message."""
         try:
-            lines = [line for line in self.paths()["stderr"].read_text(errors="replace")
-                     .splitlines() if line.strip()]
+            text = self.paths()["stderr"].read_text(errors="replace")
         except OSError:
             return ""
-        return lines[-1] if lines else ""
+        return last_words(text)
 
     def _connect_console(self, deadline):
         path = str(self.paths()["console"])

@@ -71,3 +71,14 @@ def test_shared_ram_is_a_file_backend_in_the_ram_dir():
         "-machine", "memory-backend=pc.ram"]
     assert args[args.index("-m") + 1] == "768M"           # sizes agree, as QEMU requires
     assert "-object" not in qemu_args("qemu", MachineConfig(), firmware(), "tcg", PATHS)
+
+
+def test_qemu_last_words_skip_its_warnings():
+    from harness.qemu.vm import last_words
+    # QEMU 7.2.22+smm-fix, hotadd-unplug-cycles: a warning, then death without a word
+    assert last_words("qemu-system-x86_64: warning: Blocked re-entrant IO on MemoryRegion: "
+                      "acpi-cpu-hotplug at addr: 0x0\n") == ""
+    assert last_words("qemu-system-x86_64: warning: x\nfree(): invalid next size (fast)\n"
+                      "\n") == "free(): invalid next size (fast)"
+    assert last_words("qemu-system-x86_64: unable to find CPU model 'no-such-model'\n") == \
+        "qemu-system-x86_64: unable to find CPU model 'no-such-model'"
