@@ -170,7 +170,6 @@ def bench_overhead(runs):
 def bench_boot_cache(runs):
     from harness.machine import MachineConfig
     from harness.qemu import bootcache
-    import os
     root = Path(tempfile.mkdtemp(prefix="bench-bootcache-"))
     os.environ["SMM_HARNESS_BOOT_CACHE_DIR"] = str(root)
     machine = MachineConfig(cpus=2, maxcpus=4)

@@ -222,13 +222,17 @@ class ProgressMonitor:
         every ``smi_read_every``-th."""
         return self.added % self.smi_read_every == 0
 
-    def _storm(self, last):
-        """SMIs per CPU since the consoles went quiet, if one CPU took SMI_STORM."""
+    def _quiet_smis(self, last):
+        """SMIs per CPU since the consoles went quiet, where ``last`` read the count."""
         q = self.quiet
         if q is None or last.smis is None or last is q:
             return None
-        took = {i: n - q.smis.get(i, 0) for i, n in last.smis.items()}
-        return took if max(took.values(), default=0) >= self.smi_storm else None
+        return {i: n - q.smis.get(i, 0) for i, n in last.smis.items()}
+
+    def _storm(self, last):
+        """:meth:`_quiet_smis`, if one CPU took SMI_STORM."""
+        took = self._quiet_smis(last)
+        return took if took and max(took.values()) >= self.smi_storm else None
 
     def _cpus(self):
         out = []
@@ -252,8 +256,8 @@ class ProgressMonitor:
                 f"{self._smis_text(last)}")
 
     def _smis_text(self, last):
-        q = self.quiet
-        if q is None or last.smis is None or last is q:
+        took = self._quiet_smis(last)
+        if took is None:
             return ""
-        took = max((n - q.smis.get(i, 0) for i, n in last.smis.items()), default=0)
-        return f"; up to {took} SMIs per CPU since the consoles went quiet"
+        return (f"; up to {max(took.values(), default=0)} SMIs per CPU since the consoles "
+                f"went quiet")
