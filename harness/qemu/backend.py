@@ -684,6 +684,7 @@ class QemuBackend(Backend):
                       cpus=tuple(CpuPlace(c["index"], bool(c["in_smm"]), bool(c["halted"]),
                                           c["cs"], c["eip"]) for c in regs),
                       console=console, debugcon=self.vm.debugcon_bytes(),
+                      flash=self.vm.flash_crc(),
                       resets=self.vm.qmp.guest_resets, smis=counts)
 
     def _watch(self, monitor, what):

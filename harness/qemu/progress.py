@@ -6,7 +6,19 @@ established only by what the machine does, sampled from outside:
 
 - every CPU stays at one place across the samples: the same SMM and HLT state, the same
   CS, and RIP within ``SPIN_SPAN`` bytes (TCG reports RIP at the start of a translation
-  block, so a spin loop shows one or two addresses; a halted CPU one);
+  block, so a spin loop shows one or two addresses; a halted CPU one). Measured spins:
+  the hot-add hang's CPU 0 at one RIP and its AP at 0x1ffd4f19-0x1ffd4f21, the sparse
+  cold-plug hang's CPU 0 at one RIP, OVMF 2025.02's 1 MiB TSEG hang 0x1ffd4d8c-0x1ffd4d9a;
+- or, for a CPU in SMM, a loop: up to ``LOOP_PLACES`` such places, the CPU in SMM at
+  every sample and its SMI count unchanged between two reads, so it never left that one
+  SMI (OVMF 2025.02 with 1 MiB TSEG: CPU 0 alternates between two places 0x3baa apart).
+  Work inside one SMI is what a slow healthy SMI does too, so this needs
+  ``LOOP_CPU_SECONDS``, three times the longest healthy SMI measured: OVMF 2022.11's SMI
+  153 (of 390) on four multi-threaded vCPUs lasts 42-48 s, 34-39 s of QEMU CPU time, CPU 0
+  looping over 0x1ffd78f1-0x1ffd79e5 with visits beyond, the other CPUs spinning in SMM,
+  the variable store unchanged (2025.02 and 2026.08: at most 2.2 s). With 0x100 bytes as
+  one place, that loop was one place and the one-place rule called such a boot hung
+  about one time in eight: what earlier runs took for an intermittent QEMU stall;
 - the guest's console and the firmware's debug console (port 0x402) print nothing;
 - QEMU reports no guest reset;
 
@@ -32,6 +44,9 @@ machine every 3.3 s; the sparse cold-plug hang spins CPU 0 at one RIP for good. 
 three vCPUs and multi-threaded TCG, a healthy boot keeps every CPU in SMM for 19 s, CPU
 0 within 0xf4 bytes for 5 s of it (4.2 s of QEMU CPU time, three vCPUs spinning): why
 the work is counted per running vCPU.
+
+The variable store (the pflash VARS file QEMU writes through) changing is progress as
+much as console output is (``Sample.flash``).
 """
 from __future__ import annotations
 
@@ -39,9 +54,12 @@ import re
 from dataclasses import dataclass, field
 
 SAMPLE_INTERVAL = 0.5        # seconds between samples
-SPIN_SPAN = 0x100            # RIPs within this many bytes are one place (a spin loop)
+SPIN_SPAN = 0x40             # RIPs within this many bytes are one place (a spin loop)
+LOOP_PLACES = 3              # places a CPU in SMM may cycle among inside one SMI
 STALL_SAMPLES = 6
 STALL_CPU_SECONDS = 5.0      # > 3 x the longest healthy stay at one place (1.5 s)
+LOOP_CPU_SECONDS = 30.0      # inside one SMI at a few places: 3 x the longest healthy SMI
+#                              (OVMF 2022.11's SMI 153 on 4 vCPUs, MTTCG: 9.7 s per vCPU)
 STALL_IDLE_SECONDS = 8.0     # every CPU halted, QEMU idle: wall time (timers still run)
 RESET_LOOP = 3               # guest resets, console silent: the firmware resets in a loop
 SMI_STORM = 4000             # SMIs on one CPU, consoles silent: > 10 x a whole healthy boot
@@ -82,6 +100,7 @@ class Sample:
     debugcon: int                 # bytes of firmware debug output so far
     resets: int                   # guest resets QEMU reported so far
     smis: dict | None = None      # CPU index -> SMIs taken so far, when it was read
+    flash: int = 0                # CRC-32 of the firmware's variable store (pflash VARS)
 
 
 @dataclass
@@ -122,20 +141,39 @@ class Evidence:
         return dict(self.__dict__)
 
 
+def _output(s: Sample):
+    """What the machine did that shows progress by itself: console and firmware debug
+    output, guest resets, writes to the variable store."""
+    return s.console, s.debugcon, s.resets, s.flash
+
+
 def _at(c):
     cs = "????" if c["cs"] is None else f"{c['cs']:04x}"
+    if c.get("places"):
+        at = " and ".join(f"{cs}:{lo:x}" if lo == hi else f"{cs}:{lo:x}-{hi:x}"
+                          for lo, hi in c["places"])
+        return f"{at} inside one SMI (its SMI count stayed {c['smi_count']})"
     if c["rip"] is None:
         return f"{cs}:?"
     lo, hi = c["rip"]
     return f"{cs}:{lo:x}" if lo == hi else f"{cs}:{lo:x}-{hi:x}"
 
 
-def _same_place(a: CpuPlace, b: CpuPlace, lo, hi):
+def _at_places(a: CpuPlace, b: CpuPlace, spans):
+    """``spans`` (the RIP ranges ``a``'s CPU was seen at, None where QEMU gave no RIP)
+    with ``b``'s RIP in them, or False where ``b`` is not at those places. A CPU in SMM may be at up to LOOP_PLACES
+    places (a loop calling out of itself); whether it stayed inside one SMI is for the
+    SMI count to say (:meth:`ProgressMonitor._one_smi`)."""
     if (a.index, a.in_smm, a.halted, a.cs) != (b.index, b.in_smm, b.halted, b.cs):
         return False
-    if b.rip is None or lo is None:
-        return b.rip is None and lo is None
-    return max(hi, b.rip) - min(lo, b.rip) <= SPIN_SPAN
+    if b.rip is None or spans is None:
+        return None if b.rip is None and spans is None else False
+    for i, (lo, hi) in enumerate(spans):
+        if max(hi, b.rip) - min(lo, b.rip) <= SPIN_SPAN:
+            return spans[:i] + [(min(lo, b.rip), max(hi, b.rip))] + spans[i + 1:]
+    if a.in_smm and len(spans) < LOOP_PLACES:
+        return spans + [(b.rip, b.rip)]
+    return False
 
 
 class ProgressMonitor:
@@ -143,15 +181,18 @@ class ProgressMonitor:
 
     def __init__(self, stall_samples=STALL_SAMPLES, stall_cpu_seconds=STALL_CPU_SECONDS,
                  stall_idle_seconds=STALL_IDLE_SECONDS, reset_loop=RESET_LOOP,
-                 smi_storm=SMI_STORM, smi_read_every=SMI_READ_WAITING):
+                 smi_storm=SMI_STORM, smi_read_every=SMI_READ_WAITING,
+                 loop_cpu_seconds=LOOP_CPU_SECONDS):
         self.stall_samples = stall_samples
         self.stall_cpu_seconds = stall_cpu_seconds
+        self.loop_cpu_seconds = loop_cpu_seconds
         self.stall_idle_seconds = stall_idle_seconds
         self.reset_loop = reset_loop
         self.smi_storm = smi_storm
         self.smi_read_every = smi_read_every
         self.added = 0                     # samples added, for smi_read_due
         self.samples: list[Sample] = []
+        self.places: dict = {}             # CPU index -> RIP spans of the run, per CPU
         self.first: Sample | None = None
         self.quiet: Sample | None = None   # the first SMI count read since the consoles
         #                                    last printed (or the machine last reset)
@@ -161,34 +202,36 @@ class ProgressMonitor:
             self.first = s
         self.added += 1
         q = self.quiet
-        if q is not None and (q.console, q.debugcon, q.resets) != (s.console, s.debugcon,
-                                                                  s.resets):
+        if q is not None and _output(q) != _output(s):
             self.quiet = q = None
         if q is None and s.smis is not None:
             self.quiet = s
         self.samples.append(s)
         # keep only the run of samples at the same places as the newest one
         keep = [s]
-        places = {c.index: (c, c.rip, c.rip) for c in s.cpus}
+        places = {c.index: (c, None if c.rip is None else [(c.rip, c.rip)])
+                  for c in s.cpus}
         for old in reversed(self.samples[:-1]):
             if not self._continues(old, s, places):
                 break
             keep.append(old)
         self.samples = keep[::-1]
+        self.places = {i: spans for i, (_, spans) in places.items()}
 
     @staticmethod
     def _continues(old, new, places):
-        if (old.console, old.debugcon, old.resets) != (new.console, new.debugcon,
-                                                       new.resets):
+        if _output(old) != _output(new):
             return False
         if {c.index for c in old.cpus} != set(places):
             return False
+        moved = {}
         for c in old.cpus:
-            ref, lo, hi = places[c.index]
-            if not _same_place(ref, c, lo, hi):
+            ref, spans = places[c.index]
+            spans = _at_places(ref, c, spans)
+            if spans is False:
                 return False
-            if c.rip is not None:
-                places[c.index] = (ref, min(lo, c.rip), max(hi, c.rip))
+            moved[c.index] = (ref, spans)
+        places.update(moved)
         return True
 
     def verdict(self) -> Evidence | None:
@@ -205,17 +248,44 @@ class ProgressMonitor:
             return Evidence("smi-storm", len(self.samples), last.t - self.quiet.t,
                             last.cpu_seconds - self.quiet.cpu_seconds, self._cpus(), 0,
                             last.console, last.debugcon, smis=storm)
-        first = self.samples[0]
-        if len(self.samples) < self.stall_samples or not last.cpus:
+        samples = self.samples
+        looping = [i for i, spans in self.places.items() if spans and len(spans) > 1]
+        one_smi = {}
+        if looping:                  # only inside one SMI, shown by its unchanged count
+            samples, one_smi = self._one_smi(looping)
+        if len(samples) < self.stall_samples or not last.cpus:
             return None
+        first, last = samples[0], samples[-1]
         busy = last.cpu_seconds - first.cpu_seconds
         running = sum(1 for c in last.cpus if not c.halted)
-        idle = all(c.halted for s in self.samples for c in s.cpus)
-        if (running and busy / running >= self.stall_cpu_seconds) or (
+        idle = all(c.halted for s in samples for c in s.cpus)
+        bar = self.loop_cpu_seconds if one_smi else self.stall_cpu_seconds
+        if (running and busy / running >= bar) or (
                 idle and last.t - first.t >= self.stall_idle_seconds):
-            return Evidence("stall", len(self.samples), last.t - first.t, busy,
-                            self._cpus(), 0, last.console, last.debugcon)
+            return Evidence("stall", len(samples), last.t - first.t, busy,
+                            self._cpus(samples, one_smi), 0, last.console, last.debugcon)
         return None
+
+    def _one_smi(self, looping):
+        """The samples between the SMI count reads of the run that show every CPU in
+        ``looping`` (in SMM at every sample, at more than one place) taking no SMI,
+        up to the newest read, and its count: in SMM at every sample and no new SMI means the
+        one SMI never ended. ([], {}) where the counts cannot show it."""
+        reads = [k for k, s in enumerate(self.samples) if s.smis is not None]
+        if not reads:
+            return [], {}
+        b = self.samples[reads[-1]].smis
+        if any(b.get(i) is None for i in looping):
+            return [], {}
+        same = [k for k in reads if all(self.samples[k].smis.get(i) == b[i] for i in looping)]
+        start = reads[-1]
+        for k in reversed(reads):         # back to the last read that differs
+            if k not in same:
+                break
+            start = k
+        if start == reads[-1]:
+            return [], {}
+        return self.samples[start:reads[-1] + 1], {i: b[i] for i in looping}
 
     def smi_read_due(self):
         """Whether the next sample should read the SMI count: the first sample, then
@@ -234,13 +304,18 @@ class ProgressMonitor:
         took = self._quiet_smis(last)
         return took if took and max(took.values()) >= self.smi_storm else None
 
-    def _cpus(self):
+    def _cpus(self, samples=None, one_smi=None):
         out = []
-        for c in self.samples[-1].cpus:
-            rips = [p.rip for s in self.samples for p in s.cpus
+        samples = samples or self.samples
+        for c in samples[-1].cpus:
+            rips = [p.rip for s in samples for p in s.cpus
                     if p.index == c.index and p.rip is not None]
-            out.append({"index": c.index, "in_smm": c.in_smm, "halted": c.halted,
-                        "cs": c.cs, "rip": [min(rips), max(rips)] if rips else None})
+            cpu = {"index": c.index, "in_smm": c.in_smm, "halted": c.halted,
+                   "cs": c.cs, "rip": [min(rips), max(rips)] if rips else None}
+            if one_smi and c.index in one_smi:
+                cpu["places"] = [list(p) for p in self.places[c.index]]
+                cpu["smi_count"] = one_smi[c.index]
+            out.append(cpu)
         return out
 
     def progress_text(self):

@@ -14,6 +14,7 @@ import shutil
 import socket
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import pexpect.fdpexpect
@@ -222,6 +223,15 @@ class QemuVM:
         """Bytes the firmware has written to its debug console (port 0x402)."""
         try:
             return self.paths()["debugcon"].stat().st_size
+        except OSError:
+            return 0
+
+    def flash_crc(self):
+        """A CRC-32 of the firmware's variable store (the pflash VARS file, which QEMU
+        writes through as the guest programs it): it changes while the firmware writes
+        a variable, which takes tens of seconds inside one SMI on multi-threaded TCG."""
+        try:
+            return zlib.crc32(self.paths()["vars"].read_bytes())
         except OSError:
             return 0
 

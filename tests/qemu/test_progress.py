@@ -3,27 +3,33 @@ real runs (QEMU 7.2.22 + OVMF 2022.11, TCG; tests/data/progress_*.json name the 
 a healthy boot never proves a hang, however slowly it is replayed; the sparse cold-plug
 hang does, however slowly; a reset loop does by its resets."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from harness.qemu.progress import (RESET_LOOP, SPIN_SPAN, STALL_CPU_SECONDS, console_progress,
+from harness.qemu.progress import (LOOP_CPU_SECONDS, LOOP_PLACES, RESET_LOOP, SPIN_SPAN, STALL_CPU_SECONDS, console_progress,
                                    STALL_IDLE_SECONDS, STALL_SAMPLES, CpuPlace,
                                    ProgressMonitor, Sample)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-def recorded(name, wall=1.0, work=1.0, resets=None):
+def recorded(name, wall=1.0, work=1.0, resets=None, read_every=1):
     """Samples of a recorded run, with wall time stretched by ``wall`` (QEMU stopped or
-    starved between samples: it does no more work) and its CPU time by ``work``."""
+    starved between samples: it does no more work) and its CPU time by ``work``; where
+    the recording has SMI counts (every sample), only every ``read_every``-th is kept,
+    as the backend reads them."""
     rows = json.loads((DATA / name).read_text())["samples"]
     out = []
     for i, r in enumerate(rows):
         cpus = tuple(CpuPlace(c[0], c[1], c[2], c[3], int(c[4], 16)) for c in r["cpus"])
+        smis = (dict(enumerate(r["smis"])) if r.get("smis") and i % read_every == 0
+                else None)
         out.append(Sample(t=r["t"] * wall, cpu_seconds=r["cputime"] * work, cpus=cpus,
                           console=r["con"], debugcon=0,
-                          resets=resets(i) if resets else 0))
+                          resets=resets(i) if resets else r.get("resets", 0), smis=smis,
+                          flash=r.get("flash", 0)))
     return out
 
 
@@ -52,6 +58,22 @@ def test_a_healthy_3_cpu_boot_long_in_smm_is_not_a_hang(wall):
     samples = [s for s in recorded("progress_healthy_boot_3cpu_multi.json", wall=wall)
                if s.console < 120]
     assert sum(1 for s in samples if all(c.in_smm for c in s.cpus)) > 50
+    assert replay(samples) == (None, None)
+
+
+@pytest.mark.parametrize("read_every", [1, 4, 20])
+@pytest.mark.parametrize("name", ["progress_healthy_boot_4cpu_multi_smi153.json",
+                                  "progress_healthy_boot_4cpu_multi_2026.json"])
+def test_a_long_healthy_smi_is_not_a_hang(name, read_every):
+    """OVMF 2022.11's SMI 153 on four multi-threaded vCPUs: 42 s inside one SMI, CPU 0
+    looping over 0xf4 bytes and two places beyond, every other CPU spinning in SMM. It
+    ends; so must the verdict's patience outlast it (2026.08's longest SMI: 1.7 s)."""
+    samples = [s for s in recorded(name, read_every=read_every) if s.console < 120]
+    smis = [s.smis[0] for s in samples if s.smis]
+    assert smis[-1] > 300
+    if "smi153" in name:
+        inside = [s for s in samples if s.smis and s.smis[0] == 153]
+        assert inside[-1].cpu_seconds - inside[0].cpu_seconds > 30 or read_every == 20
     assert replay(samples) == (None, None)
 
 
@@ -232,3 +254,85 @@ def test_the_smi_count_is_read_on_the_first_sample_then_every_nth():
         due.append(m.smi_read_due())
         m.add(s)
     assert due == [True, False, False, True, False, False, True]
+
+
+# --- inside one SMI: a CPU in SMM cycling among a few places, its SMI count unchanged -----
+
+@pytest.mark.parametrize("read_every", [1, 4, 20])
+def test_a_cpu_looping_inside_one_smi_is_proven_by_its_unchanged_smi_count(read_every):
+    """OVMF 2025.02 with 1 MiB TSEG (recorded): CPU 0 never leaves its second SMI, its
+    RIP alternating between places 0x3baa apart, so the one-place rule cannot see it;
+    in SMM at every sample with the same SMI count, it never left that SMI."""
+    samples = alternating(recorded("progress_tseg1m_pei_one_smi.json",
+                                   read_every=read_every))
+    i, v = replay(samples)
+    assert v is not None and v.kind == "stall"
+    cpus = {c["index"]: c for c in v.cpus}
+    assert cpus[0]["in_smm"] and not cpus[0]["halted"] and cpus[0]["smi_count"] == 2
+    places = cpus[0]["places"]
+    assert 2 <= len(places) <= LOOP_PLACES and [0x1ffd11f0, 0x1ffd11f0] in places
+    assert cpus[1]["halted"] and not cpus[1]["in_smm"]
+    assert "cpu0 spinning in SMM at 0038:" in v.text()
+    assert "inside one SMI (its SMI count stayed 2)" in v.text()
+    assert v.cpu_seconds >= LOOP_CPU_SECONDS
+    assert samples[i].t - samples[0].t < 2 * LOOP_CPU_SECONDS + read_every
+
+
+def alternating(samples):
+    """From CPU 0's first visit to its second place on: where the one-place rule alone
+    never holds long enough (its first 8 s at one place would prove it by that rule)."""
+    k = next(k for k, s in enumerate(samples) if s.cpus[0].rip == 0x1ffd11f0)
+    return samples[k:]
+
+
+def test_the_recorded_loop_is_beyond_the_one_place_rule():
+    samples = [replace(s, smis=None)
+               for s in alternating(recorded("progress_tseg1m_pei_one_smi.json"))]
+    assert len(samples) > 100 and replay(samples) == (None, None)
+
+
+def looping(n, smis, rips=(0x1000, 0x5000), smm=True, read_every=2):
+    return [replace(place(i, rip=rips[i % len(rips)], smm=smm),
+                    smis={0: smis(i), 1: 0} if i % read_every == 0 else None)
+            for i in range(n)]
+
+
+N_LOOP = int(LOOP_CPU_SECONDS / 0.5) + 4
+
+
+def test_a_loop_across_smis_is_progress():
+    """The same places, but the SMI count grows: each SMI ran the loop and left."""
+    assert replay(looping(2 * N_LOOP, smis=lambda i: i)) == (None, None)
+
+
+def test_a_loop_outside_smm_is_progress():
+    assert replay(looping(2 * N_LOOP, smis=lambda i: 1, smm=False)) == (None, None)
+
+
+def test_more_places_than_a_loop_is_progress():
+    rips = tuple(0x1000 + k * 0x1000 for k in range(LOOP_PLACES + 1))
+    assert replay(looping(2 * N_LOOP, smis=lambda i: 1, rips=rips)) == (None, None)
+
+
+def test_a_synthetic_loop_inside_one_smi_is_proven():
+    i, v = replay(looping(2 * N_LOOP, smis=lambda i: 1))
+    assert v is not None and v.cpus[0]["places"] == [[0x1000, 0x1000], [0x5000, 0x5000]]
+    assert "0038:1000 and 0038:5000 inside one SMI (its SMI count stayed 1)" in v.text()
+
+
+def test_the_one_smi_window_starts_at_the_last_new_smi():
+    """SMIs taken early in the run do not void it: the window runs from the first read
+    of the count that holds to the end, and needs the work within it."""
+    n = n_for_window()
+    s = looping(3 * n + int(LOOP_CPU_SECONDS / 0.5), smis=lambda i: min(i, n))
+    i, v = replay(s)
+    assert v is not None and v.cpus[0]["smi_count"] == n
+    assert v.cpu_seconds >= LOOP_CPU_SECONDS and s[i].t - s[n].t >= LOOP_CPU_SECONDS
+
+
+def test_a_loop_inside_one_smi_needs_the_loop_bar_not_the_spin_bar():
+    """Work at a few places inside one SMI is what a slow healthy SMI does too: below
+    LOOP_CPU_SECONDS per running vCPU it proves nothing, however many samples."""
+    n = int(LOOP_CPU_SECONDS / 0.5) - 2
+    assert n > 4 * n_for_window()
+    assert replay(looping(n, smis=lambda i: 1)) == (None, None)
