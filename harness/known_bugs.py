@@ -247,33 +247,3 @@ def apic_id_holes(apic_ids) -> list:
     """APIC ids missing below the highest present one (empty ``local_apics[]`` slots)."""
     present = set(apic_ids)
     return [i for i in range(max(present, default=-1) + 1) if i not in present]
-
-
-# --- tcg-mttcg-smm-boot-stall: intermittent, so retried once, never expected ------------
-# A firmware boot of 3 vCPUs on multi-threaded TCG sometimes stops for good with every
-# CPU spinning in SMM after TSEG is locked: QEMU 7.2.22 + OVMF 2022.11, always SMI 153 of
-# the boot's 390 (a variable-service SMI), CPU 0 at 0038:1ffd78f1-1ffd79e5, CPUs 1 and 2
-# at 0038:1ffd4f21; about 1 boot in 8 under load, with Debian's kernel and ours, with and
-# without shared RAM and mid-boot migrations (this harness, 2026-12-02). A strict xfail
-# cannot hold an intermittent bug, and a scenario that only needs the boot as its
-# precondition must not fail on it: such a run is repeated once, the first attempt's
-# directory kept beside it and the retry said in the report.
-MTTCG_BOOT_STALL = "tcg-mttcg-smm-boot-stall"
-MTTCG_BOOT_STALL_QEMU = VersionRange("<8.0")      # seen on 7.2.22 only
-
-
-def intermittent_boot_stall(outcome, machine, accel, qemu_version) -> str | None:
-    """The bug's words if ``outcome`` is that stall (a hang at the boot step, every CPU
-    spinning in SMM, none halted, multi-threaded TCG with 3 or more CPUs, on a QEMU
-    that has shown it), else None."""
-    sig = outcome.signature or {}
-    if (accel != "tcg" or machine.tcg_thread != "multi" or outcome.kind != "hang"
-            or outcome.op != "boot" or sig.get("evidence") != "stall"):
-        return None
-    if qemu_version is not None and qemu_version not in MTTCG_BOOT_STALL_QEMU:
-        return None
-    in_smm, spinning = sig.get("in_smm") or [], sig.get("spinning") or []
-    if len(in_smm) < 3 or sig.get("halted") or sorted(in_smm) != sorted(spinning):
-        return None
-    return (f"{MTTCG_BOOT_STALL}: the boot stopped with CPUs {in_smm} spinning in SMM "
-            f"({outcome.message})")

@@ -134,9 +134,6 @@ class ScenarioItem(pytest.Item):
         self.user_properties.append(("verdict", result.reason))
         if result.boot:
             self.user_properties.append(("boot", result.boot))
-        if result.retried:
-            self.user_properties.append(("retried", result.retried))
-            self.add_report_section("call", "retried", result.retried)
         if not result.met:
             raise ScenarioFailure(failure_report(result))
         if opts.backend == "both" and self.backend == "qemu" \

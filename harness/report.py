@@ -80,8 +80,6 @@ def failure_report(result) -> str:
     lines.append(cpu_table(result.last_snapshot, mark=bad))
     if result.trace_path:
         lines.append(f"  trace:    {result.trace_path}")
-    if getattr(result, "retried", None):
-        lines.append(f"  retried:  {result.retried}")
     if result.run_dir:
         lines.append(f"  logs:     {result.run_dir}")
     return "\n".join(lines)

@@ -44,7 +44,6 @@ class RunResult:
     steps_done: int = 0
     durations: dict = field(default_factory=dict)
     boot: str | None = None             # QEMU: "fresh ..." or "resumed from cache KEY"
-    retried: str | None = None          # why the run was repeated once (session.run_one)
 
 
 def judge(expect, outcome, qemu_version=None):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,27 +161,10 @@ def run_one(scn, backend_name, opts: Options, accel=None, suffix=""):
     accel = accel or resolve_accel(opts)
     target = resolve_target(opts, need_qemu=backend_name != "model")
     base = Path(opts.trace_dir) / f"{safe(scn.name)}-{backend_name}-{accel}{suffix}"
-    def attempt():
-        backend = make_backend(backend_name, target, accel, opts.boot_cache)
-        return run_scenario(scn, backend, accel, run_dir=base,
-                            trace_path=base / "trace.jsonl",
-                            qemu_version=target.qemu_version,
-                            firmware_edk2=target.firmware_edk2)
-    result = attempt()
-    why = None if result.met or backend_name != "qemu" else \
-        known_bugs.intermittent_boot_stall(result.outcome, scn.machine, accel,
-                                           target.qemu_version)
-    if why:
-        # intermittent (known_bugs.MTTCG_BOOT_STALL): once more, the first attempt kept
-        first = base.with_name(base.name + "-attempt1")
-        shutil.rmtree(first, ignore_errors=True)
-        base.rename(first)
-        log.warning("%s: %s; retrying once (first attempt in %s)", scn.name, why, first)
-        result = attempt()
-        result.retried = f"{why}; retried once, the first attempt in {first}"
-        base.mkdir(parents=True, exist_ok=True)
-        (base / "retried.txt").write_text(result.retried + "\n")
-    return result
+    backend = make_backend(backend_name, target, accel, opts.boot_cache)
+    return run_scenario(scn, backend, accel, run_dir=base, trace_path=base / "trace.jsonl",
+                        qemu_version=target.qemu_version,
+                        firmware_edk2=target.firmware_edk2)
 
 
 @dataclass
