@@ -23,11 +23,13 @@ class Backend(ABC):
 
     @abstractmethod
     def start(self, machine: MachineConfig, run_dir: Path, paused: bool,
-              boot: str | None = None) -> dict:
+              boot: str | None = None, coldplugs=()) -> dict:
         """Create the machine. ``paused``: not running yet (cold-plug allowed until boot).
         ``boot``: the scenario's boot policy (harness.bootpolicy: ``fresh`` or
         ``resume-ok``; None outside a scenario); a backend may start a ``resume-ok``
-        machine from one booted earlier, and its ``info()["boot"]`` says so."""
+        machine from one booted earlier, and its ``info()["boot"]`` says so.
+        ``coldplugs``: the CpuPlugs the scenario's cold-plug steps will add before its
+        boot, in order (part of what a resumed machine must have been booted with)."""
 
     @abstractmethod
     def coldplug(self, cpu: CpuPlug) -> dict:

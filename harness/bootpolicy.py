@@ -8,8 +8,10 @@ only where the boot is not what the scenario looks at. So resuming is opt-in
 (``resume-ok``; the default is ``fresh``), and the loader refuses ``resume-ok`` where the
 scenario itself shows that its boot is under test:
 
-- something happens before the boot (a cold-plug, a snapshot or check of the paused
-  machine, a wait): the machine the cache holds is not the one the scenario boots;
+- something happens before the boot (a snapshot or check of the paused machine, a
+  wait): the machine the cache holds is not the one the scenario boots. Cold-plugs are
+  the exception: the CPUs they add are part of the machine (and of its cache key), and
+  a resumed machine gets them by ``device_add`` before its stream loads;
 - an expectation (for any accelerator, any known bug or its ``otherwise``) puts a
   verdict at the boot step: a hang, crash or failure *of the boot*, or a hang or crash
   without a step (which may be the boot's).
@@ -17,6 +19,10 @@ scenario itself shows that its boot is under test:
 This module is pure (no QEMU), so the loader and the unit tests read it directly.
 """
 from __future__ import annotations
+
+# steps that may come before a resumed boot: they make the machine the cache holds (a
+# cold-plug's CPU is part of the entry's key and device_add-ed before its stream loads)
+BEFORE_A_RESUMED_BOOT = ("coldplug",)
 
 FRESH = "fresh"
 RESUME_OK = "resume-ok"
@@ -40,14 +46,17 @@ def resume_problems(steps, expect) -> list:
     Expectation) may not resume from the boot cache: a list of (line, key, problem),
     empty when it may."""
     problems = []
-    if not steps or steps[0].op != "boot":
-        first = steps[0] if steps else None
-        problems.append((first.line if first else 0, "steps[1]",
-                         f"starts with {first.op if first else 'nothing'}, not boot: what "
-                         f"happens before the boot is part of the scenario, so it must "
-                         f"boot fresh"))
+    k = 0
+    while k < len(steps) and steps[k].op in BEFORE_A_RESUMED_BOOT:
+        k += 1
+    if k == len(steps) or steps[k].op != "boot":
+        first = steps[k] if k < len(steps) else None
+        problems.append((first.line if first else 0, f"steps[{k + 1}]",
+                         f"is {first.op if first else 'nothing'} before the boot: what "
+                         f"happens before the boot (but cold-plugs, which are part of the "
+                         f"machine booted) is part of the scenario, so it must boot fresh"))
         return problems
-    boot_index = 1
+    boot_index = k + 1
     for accel, top in expect.items():
         for key, e in _chain(f"expect.{accel}" if accel != "any" else "expect", top):
             if e.outcome == "pass":

@@ -18,7 +18,7 @@ from .errors import BackendError, HarnessError, Hang, QemuCrashed, Refused
 from .outcome import Outcome
 from .scenario import Expectation, Scenario
 from .snapshot import Snapshot
-from .steps import StepFailed, StepRun
+from .steps import StepFailed, StepRun, coldplugs_before_boot
 from .trace import TraceWriter
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ def run_scenario(scn: Scenario, backend, accel, run_dir, trace_path, qemu_versio
     run = StepRun(backend)
     try:
         try:
-            info = backend.start(machine, run_dir, paused=True, boot=scn.boot) or {}
+            info = backend.start(machine, run_dir, paused=True, boot=scn.boot,
+                                 coldplugs=coldplugs_before_boot(scn.steps)) or {}
         except HarnessError as e:
             trace = TraceWriter(trace_path, {**header, "info": {}})
             outcome = Outcome("error", step=0, op="start", message=str(e))

@@ -63,6 +63,16 @@ def plugs_of(args) -> list:
     return [plug_of(args)]
 
 
+def coldplugs_before_boot(steps) -> list:
+    """The CPUs the cold-plug steps before a scenario's boot add, in order."""
+    out = []
+    for step in steps:
+        if step.op != "coldplug":
+            break
+        out.append(plug_of(step.args))
+    return out
+
+
 def coldplug(run, a):
     return run.backend.coldplug(plug_of(a)), None
 

@@ -124,7 +124,7 @@ class ModelBackend(Backend):
 
     # --- Backend ------------------------------------------------------------------------
     def start(self, machine: MachineConfig, run_dir: Path, paused: bool,
-              boot: str | None = None) -> dict:
+              boot: str | None = None, coldplugs=()) -> dict:
         # ``boot`` (the boot cache policy) does not apply: the model boots in microseconds
         machine.validate()
         self.profile = self._profile(machine.firmware)

@@ -131,7 +131,10 @@ class QemuBackend(Backend):
         self._cache = self._cache_key = self._cache_inputs = None
         self._resumed = None            # the bootcache.Entry this machine started from
         self._boot_note = "fresh"
-        self._coldplugged = False
+        self._coldplugged = False       # a cold-plug the cache key does not name
+        self._announced = []            # the cold-plugs start() was told of, in order
+        self._plugged = 0               # cold-plugs done so far
+        self._resumed_plugs = {}        # slot -> device_add result, added before resuming
         self.ovmf_code, self.ovmf_vars = ovmf_code, ovmf_vars
         self.firmware_version = firmware_version
         self.early_cpio = early_cpio
@@ -152,11 +155,14 @@ class QemuBackend(Backend):
 
     # --- set-up ----------------------------------------------------------------------
     def start(self, machine: MachineConfig, run_dir: Path, paused: bool,
-              boot: str | None = None) -> dict:
+              boot: str | None = None, coldplugs=()) -> dict:
         """``boot``: the scenario's boot policy (harness.bootpolicy). ``resume-ok``
         starts from the boot cache when it holds this machine (and saves it there after
         a fresh boot when not); ``fresh`` and None (a caller that is no scenario) never
-        touch the cache."""
+        touch the cache. ``coldplugs`` (the scenario's cold-plugs before its boot) are
+        part of the machine's cache key; a resumed machine gets them by ``device_add``
+        before its stream loads, as the boot that saved it did before it ran, and the
+        cold-plug steps then report them."""
         machine.validate()
         binary = process.resolve_binary(self.qemu_path)
         version = process.qemu_version(binary)
@@ -171,6 +177,7 @@ class QemuBackend(Backend):
             return QemuVM(binary=binary, machine=machine, firmware=images, profile=profile,
                           run_dir=run_dir, accel=accel, kernel=image.kernel,
                           initrd=image.initrd, cmdline=image.cmdline, ram_dir=ram_dir)
+        self._announced = list(coldplugs)
         entry = self._cache_lookup(boot, binary, version, machine, images, accel, image)
         self.vm = make_vm()
         if entry is not None:
@@ -213,7 +220,8 @@ class QemuBackend(Backend):
         from . import bootcache
         self._cache = bootcache.BootCache()
         self._cache_inputs = bootcache.key_inputs(binary, version, machine, images, accel,
-                                                  image.kernel, image.initrd, image.cmdline)
+                                                  image.kernel, image.initrd, image.cmdline,
+                                                  coldplugs=self._announced)
         self._cache_key = bootcache.key_of(self._cache_inputs)
         entry = self._cache.lookup(self._cache_key)
         if entry is None:
@@ -227,8 +235,10 @@ class QemuBackend(Backend):
         self.vm.incoming = entry
         try:
             self.vm.launch()
+            # the cold-plugged CPUs exist before the stream loads, as in the saved boot
+            added = {cpu.slot: self._device_add(cpu) for cpu in self._announced}
             secs = bootcache.load(self.vm, entry)
-        except QemuError as e:
+        except (QemuError, Refused) as e:
             self.vm.shutdown()
             for name in ("qemu-stderr.log", "qemu-cmdline.txt"):
                 p = self.vm.run_dir / name
@@ -240,6 +250,7 @@ class QemuBackend(Backend):
             self.vm.launch()
             return
         self._resumed = entry
+        self._resumed_plugs = added
         self._load_seconds = round(secs, 2)
         self._boot_note = f"resumed from cache {entry.key}"
 
@@ -310,8 +321,14 @@ class QemuBackend(Backend):
         if self.booted:
             raise BackendError("cold-plug after boot")
         if self._resumed is not None:
-            raise BackendError("cold-plug into a machine resumed from the boot cache")
-        self._coldplugged = True
+            # added before the stream loaded (_resume), if the scenario announced it
+            if cpu.slot not in self._resumed_plugs or cpu not in self._announced:
+                raise BackendError(f"cold-plug of slot {cpu.slot} into a machine resumed "
+                                   f"from the boot cache, which was not booted with it")
+            return self._resumed_plugs.pop(cpu.slot)
+        if cpu not in self._announced[self._plugged:self._plugged + 1]:
+            self._coldplugged = True     # not the machine the cache key names
+        self._plugged += 1
         return self._device_add(cpu)
 
     # --- the guest ---------------------------------------------------------------------

@@ -108,9 +108,10 @@ def binary_digest(path) -> str:
 
 
 def key_inputs(binary, qemu_version, machine, firmware, accel, kernel=None, initrd=None,
-               cmdline=None) -> dict:
-    """What an entry depends on (``firmware``: a FirmwareImages). Pure but for reading
-    the files' content; the key is :func:`key_of` of it."""
+               cmdline=None, coldplugs=()) -> dict:
+    """What an entry depends on (``firmware``: a FirmwareImages; ``coldplugs``: the
+    CpuPlugs device_add-ed before the boot, in order). Pure but for reading the files'
+    content; the key is :func:`key_of` of it."""
     kw = {} if cmdline is None else {"cmdline": cmdline}
     args = qemu_args(str(binary), machine, firmware, accel, PLACEHOLDER_PATHS, kernel,
                      initrd, **kw)
@@ -123,8 +124,12 @@ def key_inputs(binary, qemu_version, machine, firmware, accel, kernel=None, init
         for path, token in files.items():
             a = a.replace(path, token)
         norm.append(a)
-    return {"format": FORMAT, "qemu": binary_digest(binary), "qemu_version": qemu_version,
-            "vars_template": file_digest(firmware.vars_template), "args": norm}
+    inputs = {"format": FORMAT, "qemu": binary_digest(binary), "qemu_version": qemu_version,
+              "vars_template": file_digest(firmware.vars_template), "args": norm}
+    if coldplugs:        # absent otherwise: the keys of machines without any stay as they were
+        inputs["coldplug"] = [{"slot": c.slot, "props": dict(sorted(c.props.items()))}
+                              for c in coldplugs]
+    return inputs
 
 
 def key_of(inputs: dict) -> str:
@@ -347,7 +352,9 @@ def _cmd_cache(a):
         total += size
         print(f"{e.key}  {size / 1e6:6.0f} MB  QEMU {(m.get('inputs') or {}).get('qemu_version')}"
               f"  booted {m.get('boot_seconds')} s  {m.get('created')}")
-        print(f"    {_machine_summary((m.get('inputs') or {}).get('args', []))}")
+        inputs = m.get("inputs") or {}
+        plugs = "".join(f" +slot{c['slot']}" for c in inputs.get("coldplug", []))
+        print(f"    {_machine_summary(inputs.get('args', []))}{plugs}")
     print(f"boot cache {cache.root}: {len(entries)} entries, {total / 1e6:.0f} MB")
     return 0
 

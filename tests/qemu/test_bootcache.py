@@ -12,7 +12,7 @@ import pytest
 from harness import bootpolicy, scenario, settings
 from harness.errors import ConfigError
 from harness.firmware import FirmwareImages
-from harness.machine import MachineConfig
+from harness.machine import CpuPlug, MachineConfig
 from harness.qemu import bootcache
 from harness.qemu.backend import QemuBackend
 
@@ -71,6 +71,16 @@ def test_key_follows_each_input_files_content(files, name):
     before = key(files)
     files[name].write_bytes(b"rebuilt" * 10)
     assert key(files) != before
+
+
+def test_coldplugs_are_in_the_key_in_order_with_their_props(files):
+    k = key(files)
+    one_two = key(files, coldplugs=[CpuPlug(1), CpuPlug(2)])
+    assert inputs(files, coldplugs=[]) == inputs(files)      # no cold-plug: keys as before
+    assert len({k, one_two, key(files, coldplugs=[CpuPlug(2), CpuPlug(1)]),
+                key(files, coldplugs=[CpuPlug(1)]),
+                key(files, coldplugs=[CpuPlug(1, {"ucode-rev": 7}), CpuPlug(2)])}) == 5
+    assert key(files, coldplugs=[CpuPlug(1), CpuPlug(2)]) == one_two
 
 
 def test_key_follows_version_accel_and_kernel_cmdline(files):
@@ -185,9 +195,16 @@ def test_resume_problems_pure():
     assert bootpolicy.resume_problems(boot_first, {}) == []
     assert bootpolicy.resume_problems(boot_first, {"tcg": E("hang", step=2, line=9)}) == []
     assert bootpolicy.resume_problems(boot_first, {"tcg": E("fail", check="x", line=9)}) == []
+    # cold-plugs make the machine (they are in its key): the boot is step 3 then
+    plugged = [S("coldplug", {"slot": 1}, 3), S("coldplug", {"slot": 2}, 4),
+               S("boot", {}, 5), S("unplug", {"slot": 2}, 6)]
+    assert bootpolicy.resume_problems(plugged, {"tcg": E("fail", step=4, line=9)}) == []
+    (line, k, why), = bootpolicy.resume_problems(plugged, {"tcg": E("hang", step=3,
+                                                                    line=9)})
+    assert (line, k) == (9, "expect.tcg") and "at the boot step (step 3)" in why
     (line, k, why), = bootpolicy.resume_problems(
-        [S("coldplug", {"slot": 1}, 3), S("boot", {}, 4)], {})
-    assert (line, k) == (3, "steps[1]") and "coldplug" in why
+        [S("coldplug", {"slot": 1}, 3), S("wait", {"seconds": 1}, 4), S("boot", {}, 5)], {})
+    assert (line, k) == (4, "steps[2]") and "wait before the boot" in why
     (line, k, why), = bootpolicy.resume_problems(
         boot_first, {"any": E("hang", step=2, bug="tcg-init-in-smm",
                               otherwise=E("hang", step=1, line=12), line=9)})
@@ -205,7 +222,8 @@ def test_scenario_set_resumes_only_where_boot_is_no_verdict():
     for s in scns:
         if s.boot == bootpolicy.RESUME_OK:
             assert bootpolicy.resume_problems(s.steps, s.expect) == [], s.name
-        if s.name.startswith(("boot-", "tseg-", "memory-", "coldplug-", "nosmm")):
+        if s.name.startswith(("boot-", "tseg-", "memory-", "coldplug-", "nosmm",
+                              "microcode-")):
             assert s.boot == bootpolicy.FRESH, s.name
     assert any(s.boot == bootpolicy.RESUME_OK for s in scns)
 

@@ -90,6 +90,28 @@ def test_resumed_hotadd_matches_fresh_and_model(tmp_path, cache_root):
     assert "resumed a machine booted earlier" in format_comparison(cm)
 
 
+def test_resumed_coldplugged_machine_matches_fresh(tmp_path, cache_root):
+    """unplug-coldplugged cold-plugs slots 1 and 2, boots (saving the machine with its
+    cold-plugs in the key), then unplugs both. Again, resumed: QEMU gets the two CPUs by
+    device_add before the stream loads, the cold-plug steps report the same devices, the
+    guest sees three CPUs and both unplugs work; the traces agree step by step."""
+    fresh = _run("unplug-coldplugged", tmp_path, "fresh")
+    assert fresh.met, fresh.reason
+    assert fresh.boot.startswith("fresh (saved to the boot cache as ")
+    (entry,) = bootcache.BootCache().entries()
+    assert [c["slot"] for c in entry.meta()["inputs"]["coldplug"]] == [1, 2]
+    resumed = _run("unplug-coldplugged", tmp_path, "resumed")
+    assert resumed.met, resumed.reason
+    assert resumed.boot == f"resumed from cache {entry.key}"
+    from harness.trace import read_trace
+    plugs = [[s["result"] for s in read_trace(r.trace_path)[1] if s["op"] == "coldplug"]
+             for r in (fresh, resumed)]
+    assert plugs[0] == plugs[1] and [p["device"] for p in plugs[1]] == ["cpu-slot1",
+                                                                       "cpu-slot2"]
+    c = compare(fresh.trace_path, resumed.trace_path)
+    assert c.divergence is None, format_comparison(c)
+
+
 def test_entry_that_does_not_load_is_removed_and_the_boot_is_fresh(tmp_path, cache_root):
     """A stream QEMU refuses (here: not a migration stream at all) costs nothing but
     the attempt: the entry is removed, QEMU is started again without -incoming, and the
