@@ -56,6 +56,8 @@ def format_table(cells, results, walls):
         lines.append(n.ljust(width) + "  " + "  ".join(row))
     lines.append("wall".ljust(width) + "  " + "  ".join(
         f"{walls.get(c, 0):.0f} s".ljust(w) for c, w in zip(cells, cols)))
+    total = sum(walls.values())
+    lines.append(f"{len(cells)} cells in {total:.0f} s ({total / 60:.1f} min)")
     return "\n".join(lines)
 
 
