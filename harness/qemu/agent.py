@@ -79,6 +79,16 @@ class GuestAgent:
                 self._note(self.child.after)
         return idx
 
+    def _expect_ticking(self, patterns, deadline, tick, every):
+        """:meth:`_expect` (``patterns[1]`` is pexpect.TIMEOUT), calling ``tick`` every
+        ``every`` seconds until a pattern matches or ``deadline`` passes."""
+        while True:
+            step = deadline if tick is None else min(deadline, time.monotonic() + every)
+            idx = self._expect(patterns, step)
+            if idx != 1 or time.monotonic() >= deadline:
+                return idx
+            tick()
+
     def _send(self, token: str, command: str) -> None:
         payload = base64.b64encode(command.encode("utf-8")).decode("ascii")
         data = f"{token} {payload}\n".encode("ascii")
@@ -157,17 +167,23 @@ class GuestAgent:
         raise Hang(f"guest agent did not start within {timeout:g}s",
                    {"reason": "agent-not-ready", "console_tail": tail})
 
-    def run(self, command: str, timeout: float = 30.0) -> Tuple[int, str]:
-        """Run a shell command in the guest; return (exit status, output)."""
+    def run(self, command: str, timeout: float = 30.0,
+            tick: Optional[Callable[[], None]] = None,
+            tick_every: float = 0.5) -> Tuple[int, str]:
+        """Run a shell command in the guest; return (exit status, output). ``tick`` is
+        called every ``tick_every`` seconds while the answer is awaited (the backend
+        samples the machine there, and may raise to end the wait)."""
         token = secrets.token_hex(8)
         tok = token.encode()
         begin = b"@@" + tok + b" BEGIN@@"
         end_re = re.compile(b"@@" + tok + rb" RC=(\d+)@@")
         deadline = time.monotonic() + timeout
         self._send(token, command)
-        idx = self._expect([begin, pexpect.TIMEOUT, pexpect.EOF], deadline)
+        idx = self._expect_ticking([begin, pexpect.TIMEOUT, pexpect.EOF], deadline, tick,
+                                   tick_every)
         if idx == 0:
-            idx = self._expect([end_re, pexpect.TIMEOUT, pexpect.EOF], deadline)
+            idx = self._expect_ticking([end_re, pexpect.TIMEOUT, pexpect.EOF], deadline,
+                                       tick, tick_every)
             if idx == 0:
                 rc = int(self.child.match.group(1))
                 body = self.child.before

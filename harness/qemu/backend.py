@@ -429,8 +429,14 @@ class QemuBackend(Backend):
                 raise self._prove_hang(f"guest did not list the CPU hot-added in slot "
                                        f"{which} within {HOTPLUG_TIMEOUT:.0f} s", monitor)
             try:
-                rc, out = self.agent.run(CPU_LIST_CMD, timeout=min(left, AGENT_PROBE))
-            except Hang:
+                # the machine is sampled while the guest's answer is awaited: a hang is
+                # proven as soon as the samples show it, not a probe timeout at a time
+                rc, out = self.agent.run(CPU_LIST_CMD, timeout=min(left, AGENT_PROBE),
+                                         tick=lambda: self._watch(monitor, what),
+                                         tick_every=SAMPLE_INTERVAL)
+            except Hang as e:
+                if e is self.hung:           # proven by the samples
+                    raise
                 self._watch(monitor, what)
                 continue
             except BackendError:      # the console closed: QEMU died under us?

@@ -275,3 +275,28 @@ def test_wait_ready_ticks_while_it_waits_and_a_tick_can_end_the_wait():
         assert time.monotonic() - t0 < 2
     finally:
         child.close(force=True)
+
+
+def test_run_ticks_while_the_answer_is_awaited(local_agent):
+    """The hot-add step samples the machine from run()'s tick: every tick_every while a
+    command is pending, none once it answered; a tick that raises ends the wait."""
+    local_agent.wait_ready(10)
+    ticks = []
+    assert local_agent.run("sleep 1; echo done", timeout=10, tick_every=0.2,
+                           tick=lambda: ticks.append(time.monotonic())) == (0, "done\n")
+    assert 3 <= len(ticks) <= 6
+    n = len(ticks)
+    assert local_agent.run("echo quick", timeout=10, tick=lambda: ticks.append(0)) == \
+        (0, "quick\n")
+    assert len(ticks) == n
+
+    class Proven(Exception):
+        pass
+
+    def tick():
+        raise Proven()
+    t0 = time.monotonic()
+    with pytest.raises(Proven):
+        local_agent.run("sleep 3", timeout=10, tick=tick, tick_every=0.2)
+    assert time.monotonic() - t0 < 1.5
+    assert local_agent.run("echo after", timeout=10) == (0, "after\n")
