@@ -129,6 +129,7 @@ class QemuBackend(Backend):
         self.boot_cache = boot_cache    # "on" | "off" | None: SMM_HARNESS_BOOT_CACHE
         self._policy = None             # the scenario's boot policy (bootpolicy), if any
         self._cache = self._cache_key = self._cache_inputs = None
+        self._claim = None              # bootcache.Claim: this run boots the entry's machine
         self._resumed = None            # the bootcache.Entry this machine started from
         self._boot_note = "fresh"
         self._coldplugged = False       # a cold-plug the cache key does not name
@@ -225,8 +226,19 @@ class QemuBackend(Backend):
         self._cache_key = bootcache.key_of(self._cache_inputs)
         entry = self._cache.lookup(self._cache_key)
         if entry is None:
+            # another worker may be booting this very machine: wait for it, then resume
+            self._claim = self._cache.claim(self._cache_key, settings.boot_timeout())
+            entry = self._cache.lookup(self._cache_key)
+            if entry is not None:
+                self._release_claim()
+        if entry is None:
             self._boot_note = f"fresh (not in the boot cache yet: {self._cache_key})"
         return entry
+
+    def _release_claim(self):
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     def _resume(self, entry, make_vm):
         """Launch from ``entry``; if its stream does not load, remove the entry and
@@ -261,6 +273,12 @@ class QemuBackend(Backend):
         from . import bootcache
         if self._cache is None or self._coldplugged:
             return {}
+        try:
+            return self._save_claimed(bootcache, boot_seconds)
+        finally:
+            self._release_claim()
+
+    def _save_claimed(self, bootcache, boot_seconds) -> dict:
         try:
             e = bootcache.save(self.vm, self._cache, self._cache_key, self._cache_inputs,
                                getattr(self.agent, "banner", None), boot_seconds)
@@ -789,5 +807,6 @@ class QemuBackend(Backend):
         return self.hung
 
     def close(self) -> None:
+        self._release_claim()
         if self.vm is not None:
             self.vm.shutdown()

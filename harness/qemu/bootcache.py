@@ -35,6 +35,7 @@ is removed and the scenario boots fresh, saying why.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -167,6 +168,18 @@ def default_root() -> Path:
     return settings.boot_cache_dir()
 
 
+class Claim:
+    """A held :meth:`BootCache.claim`; :meth:`release` is idempotent."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def release(self):
+        if self._f is not None:
+            self._f.close()               # closing the file drops the flock
+            self._f = None
+
+
 class BootCache:
     """Entries under ``root`` (default: settings.boot_cache_dir())."""
 
@@ -179,6 +192,26 @@ class BootCache:
         if all((e.dir / n).is_file() for n in (STREAM, VARS, META)):
             return e
         return None
+
+    def claim(self, key, timeout) -> "Claim | None":
+        """The right to boot ``key``'s machine fresh and save it: an exclusive lock
+        (``.KEY.lock``, flock, so a dead holder releases it) held until released. While
+        another process (an xdist worker, another run) holds it, wait for it up to
+        ``timeout`` s: it is booting the same machine, and on two cores two boots at once
+        take as long as both one after the other, while the one that waited then resumes
+        in a second. None if the wait ran out (then boot fresh anyway)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = open(self.root / f".{key}.lock", "a")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return Claim(f)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    f.close()
+                    return None
+                time.sleep(0.2)
 
     def staging(self, key) -> Path:
         """A private directory to write an entry for ``key`` into."""

@@ -4,6 +4,7 @@ entries written atomically when workers race, which scenarios may resume
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -258,6 +259,46 @@ def test_backend_never_resumes_a_boot_under_test(files, cache_root):
     off = QemuBackend(boot_cache="off")
     assert _lookup(off, "resume-ok", files) is None
     assert off._boot_note == "fresh (boot cache off)"
+
+
+def test_a_machine_another_run_is_booting_is_waited_for_then_resumed(files, cache_root,
+                                                                     monkeypatch):
+    """Two workers, one machine: the first to miss the cache claims its key and boots;
+    the second waits for that claim and then resumes what the first saved, instead of
+    booting the same machine at the same time (on two cores: as long as both in turn)."""
+    import threading
+    first = QemuBackend()
+    assert _lookup(first, "resume-ok", files) is None and first._claim is not None
+    key = first._cache_key
+
+    def boot_and_save():                  # what the first run's _save_boot does
+        time.sleep(0.6)
+        cache = bootcache.BootCache()
+        cache.publish(_stage(cache, key, "A"), key)
+        first._release_claim()
+    t = threading.Thread(target=boot_and_save)
+    t.start()
+    t0 = time.monotonic()
+    second = QemuBackend()
+    entry = _lookup(second, "resume-ok", files)
+    t.join()
+    assert entry is not None and entry.key == key and time.monotonic() - t0 >= 0.5
+    assert second._claim is None                       # resumed: nothing to save
+
+
+def test_a_claim_not_given_back_in_time_means_a_fresh_boot(files, cache_root, monkeypatch):
+    monkeypatch.setenv("SMM_HARNESS_BOOT_TIMEOUT", "0.5")
+    first = QemuBackend()
+    assert _lookup(first, "resume-ok", files) is None
+    second = QemuBackend()
+    t0 = time.monotonic()
+    assert _lookup(second, "resume-ok", files) is None
+    assert 0.4 <= time.monotonic() - t0 < 3 and second._claim is None
+    assert second._boot_note.startswith("fresh (not in the boot cache yet")
+    first.close()                                      # a closed run gives its claim back
+    third = QemuBackend()
+    assert _lookup(third, "resume-ok", files) is None and third._claim is not None
+    third.close()
 
 
 def test_boot_cache_setting(monkeypatch):
