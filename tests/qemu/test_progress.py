@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.qemu.progress import (LOOP_CPU_SECONDS, LOOP_PLACES, RESET_LOOP, SPIN_SPAN, STALL_CPU_SECONDS, console_progress,
+from harness.qemu.progress import (LOOP_CPU_SECONDS, LOOP_PLACES, RESET_LOOP,
+                                   SMM_SPIN_SPAN, SPIN_SPAN, STALL_CPU_SECONDS, console_progress,
                                    STALL_IDLE_SECONDS, STALL_SAMPLES, CpuPlace,
                                    ProgressMonitor, Sample)
 
@@ -138,6 +139,20 @@ def test_a_spin_within_the_span_is_one_place():
     s = [place(i, rip=0x1000 + (i % 2) * SPIN_SPAN) for i in range(n)]
     _, v = replay(s)
     assert v is not None and v.cpus[0]["rip"] == [0x1000, 0x1000 + SPIN_SPAN]
+
+
+def test_in_smm_one_place_is_narrower():
+    """In SMM 0x41 bytes apart are two places (a healthy SMI loops over 0xf4 bytes; the
+    loop rule and its SMI count decide there); outside SMM the sparse cold-plug hang's
+    kernel spin over 0xc9 bytes is one place."""
+    n = n_for_window()
+    outside = [place(i, rip=0xffffffff81192872 + (i % 2) * 0xc9) for i in range(n)]
+    assert replay(outside)[1] is not None
+    inside = [place(i, rip=0x1000 + (i % 2) * (SMM_SPIN_SPAN + 1), smm=True)
+              for i in range(n)]
+    assert replay(inside) == (None, None)
+    inside_ok = [place(i, rip=0x1000 + (i % 2) * SMM_SPIN_SPAN, smm=True) for i in range(n)]
+    assert replay(inside_ok)[1] is not None
 
 
 def test_a_rip_beyond_the_span_is_progress():
