@@ -165,9 +165,9 @@ def _at(c):
 
 def _at_places(a: CpuPlace, b: CpuPlace, spans):
     """``spans`` (the RIP ranges ``a``'s CPU was seen at, None where QEMU gave no RIP)
-    with ``b``'s RIP in them, or False where ``b`` is not at those places. A CPU in SMM may be at up to LOOP_PLACES
-    places (a loop calling out of itself); whether it stayed inside one SMI is for the
-    SMI count to say (:meth:`ProgressMonitor._one_smi`)."""
+    with ``b``'s RIP in them, or False where ``b`` is not at those places. A CPU in SMM
+    may be at up to LOOP_PLACES places (a loop calling out of itself); whether it stayed
+    inside one SMI is for the SMI count to say (:meth:`ProgressMonitor._one_smi`)."""
     if (a.index, a.in_smm, a.halted, a.cs) != (b.index, b.in_smm, b.halted, b.cs):
         return False
     if b.rip is None or spans is None:
@@ -274,18 +274,17 @@ class ProgressMonitor:
     def _one_smi(self, looping):
         """The samples between the SMI count reads of the run that show every CPU in
         ``looping`` (in SMM at every sample, at more than one place) taking no SMI,
-        up to the newest read, and its count: in SMM at every sample and no new SMI means the
-        one SMI never ended. ([], {}) where the counts cannot show it."""
+        up to the newest read, and its count: in SMM at every sample and no new SMI
+        means the one SMI never ended. ([], {}) where the counts cannot show it."""
         reads = [k for k, s in enumerate(self.samples) if s.smis is not None]
         if not reads:
             return [], {}
         b = self.samples[reads[-1]].smis
         if any(b.get(i) is None for i in looping):
             return [], {}
-        same = [k for k in reads if all(self.samples[k].smis.get(i) == b[i] for i in looping)]
         start = reads[-1]
-        for k in reversed(reads):         # back to the last read that differs
-            if k not in same:
+        for k in reversed(reads[:-1]):    # back to the last read that differs
+            if any(self.samples[k].smis.get(i) != b[i] for i in looping):
                 break
             start = k
         if start == reads[-1]:

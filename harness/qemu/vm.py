@@ -228,8 +228,9 @@ class QemuVM:
 
     def flash_crc(self):
         """A CRC-32 of the firmware's variable store (the pflash VARS file, which QEMU
-        writes through as the guest programs it): it changes while the firmware writes
-        a variable, which takes tens of seconds inside one SMI on multi-threaded TCG."""
+        writes through as the guest programs it): a firmware writing a variable inside
+        a long SMI is making progress, however its CPUs look. (OVMF 2022.11's 42-48 s SMI
+        153 writes nothing: the CRC stayed the same through it, recorded.)"""
         try:
             return zlib.crc32(self.paths()["vars"].read_bytes())
         except OSError:
