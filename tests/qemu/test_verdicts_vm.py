@@ -17,51 +17,13 @@ from pathlib import Path
 import pytest
 
 from harness import scenario
-from harness.session import Options, make_backend, resolve_target
+from harness.qemu.throttle import STOP, Throttle
 from harness.runner import run_scenario
+from harness.session import Options, make_backend, resolve_target
 
 pytestmark = pytest.mark.vm
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-RUN, STOP = 0.2, 0.4          # seconds QEMU runs, then is stopped, in each cycle
-
-
-class Throttle(threading.Thread):
-    """Stops and continues the QEMU process of ``backend`` (our own child) in cycles,
-    once it exists, until ``done()``; measures the share of time QEMU was stopped."""
-
-    def __init__(self, backend):
-        super().__init__(daemon=True)
-        self.backend, self.stop_flag = backend, threading.Event()
-        self.stopped = self.total = 0.0
-
-    def run(self):
-        while not self.stop_flag.is_set():
-            vm = self.backend.vm
-            if vm is not None and vm.proc is not None and vm.proc.poll() is None:
-                break
-            time.sleep(0.01)
-        proc = self.backend.vm.proc if self.backend.vm else None
-        t0 = time.monotonic()
-        try:
-            # poll() is None: not reaped, so the pid is still our QEMU's
-            while proc and not self.stop_flag.is_set() and proc.poll() is None:
-                os.kill(proc.pid, signal.SIGSTOP)
-                try:
-                    time.sleep(STOP)
-                    self.stopped += STOP
-                finally:
-                    if proc.poll() is None:
-                        os.kill(proc.pid, signal.SIGCONT)
-                time.sleep(RUN)
-        except ProcessLookupError:
-            pass
-        finally:
-            self.total = time.monotonic() - t0
-
-    def done(self):
-        self.stop_flag.set()
-        self.join(10)
 
 
 def run(scn, tmp_path, throttle=True, during=None):
