@@ -22,6 +22,12 @@ established only by what the machine does, sampled from outside:
   one place in SMM too, that loop was one place and the one-place rule called such a
   boot hung about one time in eight: what earlier runs took for an intermittent QEMU
   stall;
+- a sample that catches CPUs outside SMM elsewhere, at most ``EXCURSION_BURST`` in a row
+  and ``EXCURSION_SHARE`` of the run, with nothing printed, is an excursion, not the end
+  of the run: an interrupt handled (a timer tick, the kernel's watchdog) after which the
+  CPU is back at its place. Recorded on a throttled host, the sparse cold-plug hang's
+  CPU 0 and halted CPU 2 were caught elsewhere every 5 to 20 s, which ended every run
+  before it held 5 s of QEMU CPU (tests/data/progress_sparse_coldplug_hang_throttled.json);
 - the guest's console and the firmware's debug console (port 0x402) print nothing;
 - QEMU reports no guest reset;
 
@@ -70,6 +76,9 @@ SMI_STORM = 4000             # SMIs on one CPU, consoles silent: > 10 x a whole 
 SMI_READ_EVERY = 4           # samples between reads of the SMI count (a small migration,
 #                              ~0.07 s) while hang evidence is gathered after a wait ran out
 SMI_READ_WAITING = 20        # ... and while a wait is still running (boot, hot-add, reset)
+EXCURSION_BURST = 2          # samples in a row a CPU outside SMM may be caught elsewhere
+EXCURSION_SHARE = 0.2        # ... and their share of a run at most
+HISTORY = 2400               # samples kept to find the run in (20 min at SAMPLE_INTERVAL)
 # The guest's own reports of a stall are not progress: a slowed sparse cold-plug hang
 # prints "watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [migration/0:16]" every
 # 20-odd seconds (QEMU 7.2.22, OVMF 2022.11, loglevel=3 shows only these lines)
@@ -120,6 +129,7 @@ class Evidence:
     debugcon_bytes: int = 0
     guest_reports: list = field(default_factory=list)   # the kernel's stall reports
     smis: dict = field(default_factory=dict)    # smi-storm: CPU index -> SMIs taken
+    excursions: int = 0           # stall: samples that caught a CPU briefly elsewhere
 
     def spinning(self):
         return sorted(c["index"] for c in self.cpus if not c["halted"])
@@ -137,9 +147,11 @@ class Evidence:
             f"cpu{c['index']} {'halted' if c['halted'] else 'spinning'}"
             f"{' in SMM' if c['in_smm'] else ''} at {_at(c)}" for c in self.cpus)
         says = f"; the guest says: {self.guest_reports[-1]}" if self.guest_reports else ""
+        away = (f" ({self.excursions} more sample(s) caught a CPU briefly elsewhere, "
+                f"back at its place after)" if self.excursions else "")
         return (f"no progress over {self.samples} samples, {self.seconds:.1f} s "
-                f"({self.cpu_seconds:.1f} s of QEMU CPU time): {where}; console and "
-                f"firmware debug output unchanged{says}")
+                f"({self.cpu_seconds:.1f} s of QEMU CPU time): {where}{away}; console "
+                f"and firmware debug output unchanged{says}")
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -196,8 +208,10 @@ class ProgressMonitor:
         self.smi_storm = smi_storm
         self.smi_read_every = smi_read_every
         self.added = 0                     # samples added, for smi_read_due
-        self.samples: list[Sample] = []
+        self.history: list[Sample] = []    # the latest HISTORY samples
+        self.samples: list[Sample] = []    # the run at the newest sample's places
         self.places: dict = {}             # CPU index -> RIP spans of the run, per CPU
+        self.excursions = 0                # samples left out of the run as excursions
         self.first: Sample | None = None
         self.quiet: Sample | None = None   # the first SMI count read since the consoles
         #                                    last printed (or the machine last reset)
@@ -211,24 +225,57 @@ class ProgressMonitor:
             self.quiet = q = None
         if q is None and s.smis is not None:
             self.quiet = s
-        self.samples.append(s)
-        # keep only the run of samples at the same places as the newest one
-        keep = [s]
-        places = {c.index: (c, None if c.rip is None else [(c.rip, c.rip)])
-                  for c in s.cpus}
-        for old in reversed(self.samples[:-1]):
-            if not self._continues(old, s, places):
+        self.history.append(s)
+        del self.history[:-HISTORY]
+        self.samples, self.places, self.excursions = self._run(self.history)
+
+    @classmethod
+    def _run(cls, history):
+        """The run of samples at the same places as the newest one, walking back: (its
+        samples, oldest first; RIP spans per CPU; how many samples left out of it as
+        excursions). An excursion is a sample that caught CPUs outside SMM elsewhere, at
+        most ``EXCURSION_BURST`` in a row and ``EXCURSION_SHARE`` of the run, with the
+        same output: an interrupt handled (a timer tick, the kernel's watchdog), after
+        which the CPU is back at its place. The run ends at any output, at a CPU
+        appearing or vanishing, at a sample in SMM elsewhere, at a longer burst."""
+        s = history[-1]
+        places = cls._places_of(s)
+        seq, burst = [], 0
+        for old in reversed(history[:-1]):
+            if _output(old) != _output(s) or \
+                    {c.index for c in old.cpus} != set(places):
                 break
-            keep.append(old)
-        self.samples = keep[::-1]
-        self.places = {i: spans for i, (_, spans) in places.items()}
+            if cls._continues(old, places):
+                seq.append(True)
+                burst = 0
+            elif burst < EXCURSION_BURST and cls._excursion(old, places):
+                seq.append(False)
+                burst += 1
+            else:
+                break
+        # the longest stretch back that ends on a sample at the places and keeps the
+        # excursions a minority
+        keep, fits, outs = 0, 1, 0
+        for k, fit in enumerate(seq, 1):
+            fits, outs = fits + fit, outs + (not fit)
+            if fit and outs <= EXCURSION_SHARE * (fits + outs):
+                keep = k
+        kept = [s]
+        places = cls._places_of(s)
+        for old, fit in zip(reversed(history[-1 - keep:-1]), seq[:keep]):
+            if fit:
+                cls._continues(old, places)
+                kept.append(old)
+        return (kept[::-1], {i: spans for i, (_, spans) in places.items()},
+                keep + 1 - len(kept))
 
     @staticmethod
-    def _continues(old, new, places):
-        if _output(old) != _output(new):
-            return False
-        if {c.index for c in old.cpus} != set(places):
-            return False
+    def _places_of(s):
+        return {c.index: (c, None if c.rip is None else [(c.rip, c.rip)]) for c in s.cpus}
+
+    @staticmethod
+    def _continues(old, places):
+        """Whether every CPU of ``old`` is at the run's places (which it widens)."""
         moved = {}
         for c in old.cpus:
             ref, spans = places[c.index]
@@ -237,6 +284,16 @@ class ProgressMonitor:
                 return False
             moved[c.index] = (ref, spans)
         places.update(moved)
+        return True
+
+    @staticmethod
+    def _excursion(old, places):
+        """Whether ``old`` may be an excursion: every CPU at its place, or outside SMM
+        both there and at the run's newest sample."""
+        for c in old.cpus:
+            ref, spans = places[c.index]
+            if _at_places(ref, c, spans) is False and (ref.in_smm or c.in_smm):
+                return False
         return True
 
     def verdict(self) -> Evidence | None:
@@ -268,8 +325,14 @@ class ProgressMonitor:
         if (running and busy / running >= bar) or (
                 idle and last.t - first.t >= self.stall_idle_seconds):
             return Evidence("stall", len(samples), last.t - first.t, busy,
-                            self._cpus(samples, one_smi), 0, last.console, last.debugcon)
+                            self._cpus(samples, one_smi), 0, last.console, last.debugcon,
+                            excursions=self.excursions)
         return None
+
+    def on_its_way(self):
+        """Whether the samples show a run at the same places long enough to count
+        (STALL_SAMPLES) but no verdict yet: watching longer may prove a hang."""
+        return len(self.samples) >= self.stall_samples and self.verdict() is None
 
     def _one_smi(self, looping):
         """The samples between the SMI count reads of the run that show every CPU in

@@ -94,6 +94,20 @@ def test_the_sparse_coldplug_hang_is_proven_however_slow(wall):
     assert "cpu0 spinning at 0010:ffffffff81170441" in v.text()
 
 
+def test_the_sparse_coldplug_hang_is_proven_on_a_throttled_host():
+    """Recorded with QEMU stopped two thirds of the time (scripts/record-progress
+    --throttle, as the slow-host test runs it): 0.27 s of QEMU CPU per second, CPU 0
+    moving between two kernel spin places, CPU 0 and the halted CPU 2 caught elsewhere
+    every few seconds (timer ticks). Each such sample used to end the run, so the 5 s of
+    work came 130 s in, after the boot's 120 s; as excursions they end nothing."""
+    samples = recorded("progress_sparse_coldplug_hang_throttled.json")
+    i, v = replay(samples)
+    assert v is not None and v.kind == "stall" and v.excursions >= 1
+    assert v.spinning() == [0] and v.cpu_seconds >= STALL_CPU_SECONDS
+    assert samples[i].t < 90
+    assert "caught a CPU briefly elsewhere" in v.text()
+
+
 def test_a_starved_qemu_proves_nothing():
     """The same hang, but QEMU got (almost) no CPU: the samples at one place are not
     work done without progress, and the machine is never called hung."""
@@ -189,6 +203,34 @@ def test_every_cpu_halted_needs_wall_time_not_work():
     idle.append(place(steps, halted=True, cpu=0.0))
     _, v = replay(idle)
     assert v is not None and v.spinning() == [] and v.cpu_seconds == 0.0
+
+
+def elsewhere(i, **kw):
+    """A sample of CPU 0 caught away from its place 0x1000 (an interrupt handler)."""
+    return place(i, rip=0x9000, **kw)
+
+
+def test_a_cpu_caught_elsewhere_now_and_then_is_still_at_its_place():
+    n = n_for_window() + 4
+    s = [elsewhere(i) if i % 6 == 3 else place(i) for i in range(n)]
+    _, v = replay(s)
+    assert v is not None and v.excursions >= 1
+    assert v.cpus[0]["rip"] == [0x1000, 0x1000]      # the excursions are not its place
+
+
+@pytest.mark.parametrize("how", ["burst", "often", "smm", "output"])
+def test_an_excursion_that_is_more_is_progress(how):
+    n = 2 * n_for_window()
+    if how == "burst":        # three samples in a row elsewhere: it went somewhere
+        s = [elsewhere(i) if i % 8 in (3, 4, 5) else place(i) for i in range(n)]
+    elif how == "often":      # elsewhere one sample in three
+        s = [elsewhere(i) if i % 3 == 1 else place(i) for i in range(n)]
+    elif how == "smm":        # in SMM, another place is another place (the SMI count's)
+        s = [place(i, rip=0x9000 if i % 6 == 3 else 0x1000, smm=True) for i in range(n)]
+    else:                     # it printed something each time it was away
+        s = [(elsewhere if i % 6 == 3 else place)(i, console=(i + 2) // 6)
+             for i in range(n)]
+    assert replay(s) == (None, None)
 
 
 def test_a_cpu_appearing_or_vanishing_is_progress():
