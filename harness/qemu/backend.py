@@ -44,6 +44,12 @@ MIGRATE_TIMEOUT = 60.0
 # once a wait has run out: how long to keep looking for evidence that the machine hangs
 # (more than a stall window on a host giving QEMU a third of a core)
 EVIDENCE_WAIT = 45.0
+# ... and up to this long while the samples show a machine at one place that has not yet
+# done the work the verdict asks (a slow host gives QEMU too little CPU to show it in
+# EVIDENCE_WAIT: a throttled sparse cold-plug hang took 18 s of wall time per 5 s of
+# QEMU CPU, and a CPU moving to another spin place starts its run again)
+EVIDENCE_MAX = 120.0
+EVIDENCE_STEP = 10.0
 # A CPU caught in SMM may just be servicing a legitimate SMI (an EFI variable call,
 # another CPU's 0xB2 write): "left in SMM" means still there after this long.
 SMM_SETTLE = 2.0
@@ -403,13 +409,15 @@ class QemuBackend(Backend):
 
     def _await_banner(self, what, timeout, probe_after=None):
         """Wait for the agent's banner while watching the machine. Once ``timeout`` runs
-        out, go on watching (up to EVIDENCE_WAIT s, SMI counts read more often) for
+        out, go on watching (EVIDENCE_WAIT s, more while the machine is at one place:
+        :meth:`_evidence_waits`; SMI counts read more often) for
         evidence of a hang with the banner still welcome: a boot that ends then was
         slow, not hung (on a loaded host a boot finished ten seconds into that watch,
         and the idle guest after it looked like a stall). Raises the Hang the samples
         prove, or StillProgressing."""
         monitor = ProgressMonitor()
-        for limit in (timeout, EVIDENCE_WAIT):
+        watched = 0.0
+        for k, limit in enumerate(self._evidence_waits(timeout, monitor)):
             try:
                 return self.agent.wait_ready(limit, tick=lambda: self._watch(monitor, what),
                                              tick_every=SAMPLE_INTERVAL,
@@ -417,11 +425,25 @@ class QemuBackend(Backend):
             except Hang as e:
                 if e is self.hung:           # proven while waiting
                     raise
+            watched += limit if k else 0.0
             if not self.vm.alive():          # a dead QEMU is a crash (its words)
                 self.vm.raise_if_crashed()
             monitor.smi_read_every = SMI_READ_EVERY
-        raise StillProgressing(f"{what} within {timeout:.0f} s and {EVIDENCE_WAIT:.0f} s "
+        raise StillProgressing(f"{what} within {timeout:.0f} s and {watched:.0f} s "
                                f"more of watching", monitor.progress_text())
+
+    @staticmethod
+    def _evidence_waits(timeout, monitor):
+        """The waits of a wait that watches for a hang: ``timeout``, then EVIDENCE_WAIT,
+        then steps of EVIDENCE_STEP up to EVIDENCE_MAX while the samples show the
+        machine at one place without the verdict's work done yet."""
+        yield timeout
+        yield EVIDENCE_WAIT
+        more = EVIDENCE_WAIT
+        while more < EVIDENCE_MAX and monitor.on_its_way():
+            step = min(EVIDENCE_STEP, EVIDENCE_MAX - more)
+            yield step
+            more += step
 
     def guest_cpus(self):
         rc, out = self._agent_run(CPU_LIST_CMD)
@@ -739,11 +761,12 @@ class QemuBackend(Backend):
             raise self._hang(what, evidence)
 
     def _prove_hang(self, what, monitor=None) -> Hang:
-        """A wait ran out: watch the machine (up to EVIDENCE_WAIT s) for evidence that
-        it hangs. Returns the Hang if there is some; a machine that is still making
+        """A wait ran out: watch the machine (EVIDENCE_WAIT s, up to EVIDENCE_MAX while
+        it is at one place without the verdict's work done yet) for evidence that it
+        hangs. Returns the Hang if there is some; a machine that is still making
         progress (or not yet provably not) raises StillProgressing: slow is not hung."""
         monitor = monitor or ProgressMonitor()
-        end = time.monotonic() + EVIDENCE_WAIT
+        start = time.monotonic()
         monitor.smi_read_every = SMI_READ_EVERY
         while True:
             if not self.vm.alive():      # a dead QEMU is a crash (its words), never a hang
@@ -753,7 +776,9 @@ class QemuBackend(Backend):
                 self._watch(monitor, what)
             except Hang as e:
                 return e
-            if time.monotonic() >= end:
+            watched = time.monotonic() - start
+            if watched >= EVIDENCE_WAIT and not (watched < EVIDENCE_MAX and
+                                                 monitor.on_its_way()):
                 raise StillProgressing(what, monitor.progress_text())
             time.sleep(SAMPLE_INTERVAL)
 

@@ -68,3 +68,38 @@ def test_after_the_deadline_the_smi_count_is_read_more_often(monkeypatch):
     b = backend([Hang("not ready"), 5.0])
     b._await_banner("guest did not boot to its agent", 120)
     assert monitors[0].smi_read_every == SMI_READ_EVERY
+
+
+class Stuck:
+    """A monitor whose samples show the machine at one place, the verdict's work not
+    yet done (``on_its_way``), for the first ``n`` asks."""
+
+    def __init__(self, n):
+        self.n, self.smi_read_every = n, None
+
+    def on_its_way(self):
+        self.n -= 1
+        return self.n >= 0
+
+    def progress_text(self):
+        return "at one place"
+
+
+def test_a_machine_at_one_place_is_watched_longer_but_not_forever(monkeypatch):
+    monkeypatch.setattr(qb, "ProgressMonitor", lambda: Stuck(100))
+    b = backend([Hang("not ready")] * 20)
+    with pytest.raises(StillProgressing) as e:
+        b._await_banner("guest did not boot to its agent", 120)
+    first, then, *more = b.agent.limits
+    assert (first, then) == (120, qb.EVIDENCE_WAIT)
+    assert len(more) > 1 and all(0 < m <= qb.EVIDENCE_STEP for m in more)
+    assert then + sum(more) == qb.EVIDENCE_MAX
+    assert f"within 120 s and {qb.EVIDENCE_MAX:.0f} s more of watching" in str(e.value)
+
+
+def test_a_machine_that_moves_on_is_not_watched_longer(monkeypatch):
+    monkeypatch.setattr(qb, "ProgressMonitor", lambda: Stuck(1))
+    b = backend([Hang("not ready")] * 20)
+    with pytest.raises(StillProgressing):
+        b._await_banner("guest did not boot to its agent", 120)
+    assert b.agent.limits == [120, qb.EVIDENCE_WAIT, qb.EVIDENCE_STEP]
