@@ -33,9 +33,9 @@ def _add_run_options(p, backend=True):
 def add_guest_kernel_option(p):
     from .settings import GUEST_KERNELS
     p.add_argument("--guest-kernel", choices=GUEST_KERNELS, default=None,
-                   help="the guest's kernel: debian (the distribution's) or harness (our "
-                   "own build, images/kernel.config); default $SMM_HARNESS_GUEST_KERNEL or "
-                   f"{GUEST_KERNELS[0]}")
+                   help="the guest's kernel where a scenario names none: harness (our "
+                   "own build, images/kernel.config) or debian (the distribution's); "
+                   f"default $SMM_HARNESS_GUEST_KERNEL or {GUEST_KERNELS[0]}")
 
 
 def _options(a) -> Options:

@@ -54,6 +54,10 @@ class MachineConfig:
     # vCPU). Default from $SMM_HARNESS_TCG_THREAD, else single: see harness/qemu/vm.py.
     tcg_thread: str | None = None
     extra_args: list = field(default_factory=list)
+    # the guest kernel this machine boots (settings.GUEST_KERNELS): None is the run's
+    # choice (--guest-kernel, SMM_HARNESS_GUEST_KERNEL); a scenario whose outcome depends
+    # on how that kernel routes interrupts names it (real backend only)
+    guest_kernel: str | None = None
 
     def problems(self):
         """Every rule this machine breaks, as ``(key, problem)`` pairs, in the order of
@@ -72,6 +76,9 @@ class MachineConfig:
             out.append(("accel", f"expected one of {', '.join(ACCELS)}, got {self.accel!r}"))
         if self.tcg_thread not in (None, *TCG_THREADS):
             out.append(("tcg_thread", f"expected single or multi, got {self.tcg_thread!r}"))
+        if self.guest_kernel not in (None, *settings.GUEST_KERNELS):
+            out.append(("guest_kernel", f"expected one of {', '.join(settings.GUEST_KERNELS)}"
+                        f", got {self.guest_kernel!r}"))
         unknown = sorted(set(self.smi_features) - set(SMI_FEATURES))
         if unknown:
             out.append(("smi_features", f"unknown SMI feature {unknown[0]!r}"))

@@ -34,8 +34,9 @@ def pytest_addoption(parser):
                      "earlier (default: SMM_HARNESS_BOOT_CACHE, else on)")
     from .settings import GUEST_KERNELS
     g.addoption("--guest-kernel", choices=GUEST_KERNELS, default=None,
-                help="the guest's kernel: debian (the distribution's) or harness (our "
-                f"own build); default $SMM_HARNESS_GUEST_KERNEL or {GUEST_KERNELS[0]}")
+                help="the guest's kernel where a scenario names none: harness (our own "
+                "build) or debian (the distribution's); default "
+                f"$SMM_HARNESS_GUEST_KERNEL or {GUEST_KERNELS[0]}")
     g.addoption("--trace-dir", default=None,
                 help="where traces and logs go (default: runs/ under the rootdir)")
 

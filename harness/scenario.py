@@ -218,7 +218,7 @@ def _props(ctx, node, key):
 
 # --- sections --------------------------------------------------------------------------
 MACHINE_KEYS = {"cpu_model", "cpus", "maxcpus", "memory", "tseg_mbytes", "firmware",
-                "smi_features", "cpu_props", "extra_args", "tcg_thread"}
+                "smi_features", "cpu_props", "extra_args", "tcg_thread", "guest_kernel"}
 
 
 def _machine(ctx, node):
@@ -259,6 +259,8 @@ def _machine(ctx, node):
     key("cpu_props", lambda n: setattr(cfg, "cpu_props", _props(ctx, n, "machine.cpu_props")))
     key("tcg_thread", lambda n: setattr(cfg, "tcg_thread",
                                         _str(ctx, n, "machine.tcg_thread")))
+    key("guest_kernel", lambda n: setattr(cfg, "guest_kernel",
+                                          _str(ctx, n, "machine.guest_kernel")))
 
     def _extra_args(n):
         if not isinstance(n, yaml.SequenceNode):

@@ -177,7 +177,8 @@ class QemuBackend(Backend):
         profile, images = fwmod.resolve(machine.firmware, self.ovmf_code, self.ovmf_vars,
                                         version=self.firmware_version)
         from .image import build_image   # builds on first use, cached after
-        image = build_image(early_cpio=self.early_cpio, log=_log.info)
+        image = build_image(early_cpio=self.early_cpio, log=_log.info,
+                            guest_kernel=machine.guest_kernel)
         ram_dir, why = shared_ram_dir(machine.memory_mib, version)
 
         def make_vm():
@@ -206,6 +207,7 @@ class QemuBackend(Backend):
                                             if profile.identity else None),
                       "firmware_descriptor": str(images.descriptor or ""),
                       "kernel": getattr(image, "kernel_version", None),
+                      "guest_kernel": image.guest_kernel,
                       "boot": self._boot_note}
         if self._cache_key:
             self._info["boot_cache_key"] = self._cache_key
