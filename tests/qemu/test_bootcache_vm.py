@@ -91,18 +91,29 @@ def test_resumed_hotadd_matches_fresh_and_model(tmp_path, cache_root):
 
 
 def test_resumed_coldplugged_machine_matches_fresh(tmp_path, cache_root):
-    """unplug-coldplugged cold-plugs slots 1 and 2, boots (saving the machine with its
-    cold-plugs in the key), then unplugs both. Again, resumed: QEMU gets the two CPUs by
-    device_add before the stream loads, the cold-plug steps report the same devices, the
-    guest sees three CPUs and both unplugs work; the traces agree step by step."""
+    """unplug-coldplugged (tcg_thread: multi) cold-plugs slots 1 and 2, boots
+    single-threaded (saving the machine with its cold-plugs in the key), goes on from
+    the saved machine in a multi-threaded QEMU, then unplugs both (which QEMU 7.2 does
+    only multi-threaded). Again, resumed: QEMU gets the two CPUs by device_add before the
+    stream loads, the cold-plug steps report the same devices, the guest sees three CPUs
+    and both unplugs work; the traces agree step by step."""
     fresh = _run("unplug-coldplugged", tmp_path, "fresh")
     assert fresh.met, fresh.reason
-    assert fresh.boot.startswith("fresh (saved to the boot cache as ")
+    assert fresh.boot.startswith("fresh with TCG thread=single (saved to the boot cache "
+                                 "as ") and fresh.boot.endswith("went on with "
+                                                                "thread=multi from it")
+    booted = (fresh.run_dir / "booted-single-thread-qemu-cmdline.txt").read_text()
+    went_on = (fresh.run_dir / "qemu-cmdline.txt").read_text()
+    assert "tcg,thread=single" in booted and "-incoming" not in booted
+    assert "tcg,thread=multi" in went_on and "-incoming defer" in went_on
+    assert _boot_step(fresh)["result"]["booted_with_tcg_thread"] == "single"
     (entry,) = bootcache.BootCache().entries()
     assert [c["slot"] for c in entry.meta()["inputs"]["coldplug"]] == [1, 2]
+    assert "tcg,thread=single" in entry.meta()["inputs"]["args"]
     resumed = _run("unplug-coldplugged", tmp_path, "resumed")
     assert resumed.met, resumed.reason
     assert resumed.boot == f"resumed from cache {entry.key}"
+    assert "tcg,thread=multi" in (resumed.run_dir / "qemu-cmdline.txt").read_text()
     from harness.trace import read_trace
     plugs = [[s["result"] for s in read_trace(r.trace_path)[1] if s["op"] == "coldplug"]
              for r in (fresh, resumed)]
