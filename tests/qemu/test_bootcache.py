@@ -310,3 +310,21 @@ def test_boot_cache_setting(monkeypatch):
     monkeypatch.setenv("SMM_HARNESS_BOOT_CACHE", "maybe")
     with pytest.raises(ConfigError, match="SMM_HARNESS_BOOT_CACHE: expected on or off"):
         settings.boot_cache()
+
+
+def test_only_a_resumable_multi_threaded_tcg_machine_boots_single_threaded():
+    """QemuBackend._boot_machine: a multi-threaded TCG machine whose boot may resume
+    boots single-threaded (and goes on multi-threaded from the saved machine); a boot
+    under test, another accelerator, a single-threaded machine or the cache off boot
+    the machine as it says."""
+    from harness.machine import MachineConfig
+    from harness.qemu.backend import QemuBackend
+    multi, single = MachineConfig(cpus=3, tcg_thread="multi"), MachineConfig(cpus=3)
+    b = QemuBackend(boot_cache="on")
+    booted = b._boot_machine("resume-ok", multi, "tcg")
+    assert booted.tcg_thread == "single" and booted.cpus == 3
+    assert b._boot_machine("fresh", multi, "tcg") is multi
+    assert b._boot_machine(None, multi, "tcg") is multi
+    assert b._boot_machine("resume-ok", multi, "kvm") is multi
+    assert b._boot_machine("resume-ok", single, "tcg") is single
+    assert QemuBackend(boot_cache="off")._boot_machine("resume-ok", multi, "tcg") is multi
