@@ -60,6 +60,11 @@ SMM_SETTLE_POLL = 0.25
 MIGRATION_UNSAFE_AFTER_UNPLUG = ("unplug-heap-corruption", "migration-stalls-after-unplug")
 # after an unplug's slot empties, how long QEMU must stay alive for it to count
 EJECT_SETTLE = 1.0
+# while an unplug is awaited, the SCI is looked at this often; found stuck this many
+# looks in a row (sent by the IOAPIC, held by no local APIC: irq_diag.lost_sci), the
+# unplug is lost: no EOI can come, so the level-triggered SCI never fires again
+LOST_SCI_LOOK_EVERY = 1.0
+LOST_SCI_LOOKS = 3
 # Agent snippet: one line per Linux CPU: "<n> <ACPI path> <online>"; then /proc/cpuinfo.
 # Per CPU: its ACPI path and online state, then what it reports as its microcode: MSR
 # 0x8B read through the msr driver (8 bytes at offset 0x8B of /dev/cpu/N/msr; the image
@@ -583,15 +588,27 @@ class QemuBackend(Backend):
         self.unplugged = True
         # QEMU 7.2 emits DEVICE_DELETED only for the CPU's lapic child, not for the CPU
         # itself: the slot losing its qom-path is what says the CPU is gone.
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline, next_look, stuck = start + timeout, start + LOST_SCI_LOOK_EVERY, 0
         while "qom-path" in self.vm.slot_props(slot):
             if not self.vm.alive():
                 self._require_alive()
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now >= next_look:
+                # the evidence decides, not the clock: an SCI no local APIC holds while
+                # the IOAPIC waits for its EOI is lost for good (QEMU's lost-SCI finding)
+                next_look = now + LOST_SCI_LOOK_EVERY
+                stuck = stuck + 1 if self._sci_stuck() else 0
+                if stuck >= LOST_SCI_LOOKS:
+                    raise self._not_removed(slot, timeout, {
+                        "decided_after_s": round(now - start, 1),
+                        "decided_by": f"the SCI found stuck {stuck} times in a row, "
+                                      f"{LOST_SCI_LOOK_EVERY:g} s apart"})
+            if now > deadline:
                 # still there: the guest hangs, or declined, or never heard of it
-                self._agent_run("true", timeout=10, what=f"guest stopped answering after "
-                                f"device_del of slot {slot}")
-                raise NotRemoved(slot, timeout, self._unplug_diagnosis(slot))
+                raise self._not_removed(slot, timeout, {
+                    "decided_after_s": round(now - start, 1),
+                    "decided_by": f"the slot still held the CPU after {timeout:g} s"})
             time.sleep(0.1)
         # The slot empties inside the unrealize that ejects the CPU; QEMU can still die
         # in that same unrealize (single-threaded TCG's thread join): an unplug counts
@@ -606,6 +623,23 @@ class QemuBackend(Backend):
             pass
         self._require_alive()
         return {"removed": path}
+
+    def _sci_stuck(self) -> bool:
+        """One look at the SCI between IOAPIC and local APICs (HMP only, nothing kept):
+        sent and held by no CPU. A look that fails (a CPU leaving as it is taken) is
+        no evidence."""
+        try:
+            return self._interrupt_evidence(None, strict=True)[1] is not None
+        except (QemuError, ValueError, KeyError):
+            return False
+
+    def _not_removed(self, slot, timeout, decided) -> NotRemoved:
+        """The unplug's verdict once the CPU is known to stay: the guest must still
+        answer (else it is the guest that hangs), and the diagnosis says where the
+        request got lost and what decided it."""
+        self._agent_run("true", timeout=10, what=f"guest stopped answering after "
+                        f"device_del of slot {slot}")
+        return NotRemoved(slot, timeout, {**self._unplug_diagnosis(slot), **decided})
 
     def _unplug_diagnosis(self, slot) -> dict:
         """Why an unplug request got nowhere: the guest's view of the CPU hot-plug GPE
@@ -794,18 +828,24 @@ class QemuBackend(Backend):
                                  halted=bool(r.get("halted"))))
         return Snapshot(cpus=cpus, source="qmp")
 
-    def _interrupt_evidence(self, bundle):
+    def _interrupt_evidence(self, bundle, strict=False):
         """(IOAPIC state, lost-SCI explanation or None) from HMP ``info pic`` and
-        ``info lapic`` of every CPU, the texts kept in ``bundle``."""
+        ``info lapic`` of every CPU, the texts kept in ``bundle`` (a directory, or None).
+        ``strict``: a local APIC whose state could not be read is a ValueError (it may be
+        the one that holds the SCI)."""
         from .irq_diag import lost_sci, parse_ioapic, parse_lapic
         pic = self.vm.qmp.hmp("info pic")
-        (bundle / "info-pic.txt").write_text(pic)
+        if bundle:
+            (bundle / "info-pic.txt").write_text(pic)
         apic_ids = [c["props"].get("socket-id") for c in self.vm.qmp.cmd("query-cpus-fast")]
         lapics = []
         for a in apic_ids:
             text = self.vm.qmp.hmp(f"info lapic {a}")
-            (bundle / f"info-lapic-{a}.txt").write_text(text)
+            if bundle:
+                (bundle / f"info-lapic-{a}.txt").write_text(text)
             lapics.append(parse_lapic(text))
+            if strict and lapics[-1]["cpu"] is None:
+                raise ValueError(f"info lapic {a}: {text.strip()[:80]!r}")
         ioapic = parse_ioapic(pic)
         return ioapic, lost_sci(ioapic, lapics, apic_ids)
 
