@@ -600,15 +600,13 @@ class QemuBackend(Backend):
                 next_look = now + LOST_SCI_LOOK_EVERY
                 stuck = stuck + 1 if self._sci_stuck() else 0
                 if stuck >= LOST_SCI_LOOKS:
-                    raise self._not_removed(slot, timeout, {
-                        "decided_after_s": round(now - start, 1),
-                        "decided_by": f"the SCI found stuck {stuck} times in a row, "
-                                      f"{LOST_SCI_LOOK_EVERY:g} s apart"})
+                    raise self._not_removed(slot, timeout, now - start,
+                                            f"the SCI found stuck {stuck} times in a row, "
+                                            f"{LOST_SCI_LOOK_EVERY:g} s apart")
             if now > deadline:
                 # still there: the guest hangs, or declined, or never heard of it
-                raise self._not_removed(slot, timeout, {
-                    "decided_after_s": round(now - start, 1),
-                    "decided_by": f"the slot still held the CPU after {timeout:g} s"})
+                raise self._not_removed(slot, timeout, now - start,
+                                        f"the slot still held the CPU after {timeout:g} s")
             time.sleep(0.1)
         # The slot empties inside the unrealize that ejects the CPU; QEMU can still die
         # in that same unrealize (single-threaded TCG's thread join): an unplug counts
@@ -633,13 +631,15 @@ class QemuBackend(Backend):
         except (QemuError, ValueError, KeyError):
             return False
 
-    def _not_removed(self, slot, timeout, decided) -> NotRemoved:
+    def _not_removed(self, slot, timeout, waited, decided_by) -> NotRemoved:
         """The unplug's verdict once the CPU is known to stay: the guest must still
         answer (else it is the guest that hangs), and the diagnosis says where the
-        request got lost and what decided it."""
+        request got lost, what decided it and after how long."""
         self._agent_run("true", timeout=10, what=f"guest stopped answering after "
                         f"device_del of slot {slot}")
-        return NotRemoved(slot, timeout, {**self._unplug_diagnosis(slot), **decided})
+        return NotRemoved(slot, timeout, {**self._unplug_diagnosis(slot),
+                                          "decided_after_s": round(waited, 1),
+                                          "decided_by": decided_by})
 
     def _unplug_diagnosis(self, slot) -> dict:
         """Why an unplug request got nowhere: the guest's view of the CPU hot-plug GPE
